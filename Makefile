@@ -1,0 +1,59 @@
+# kubetune developer entry points. `make demo` and `make test` each do all the
+# setup they need on a fresh machine (system packages, pinned control-plane
+# binaries built from the Go module proxy, the Python environment).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export KUBETUNE_CACHE ?= $(HOME)/.cache/kubetune
+
+.PHONY: setup system-deps binaries venv test unit e2e demo demo-down crds check-crds lint typecheck bench clean
+
+setup: system-deps binaries venv
+
+system-deps:
+	bash hack/install-system-deps.sh
+
+binaries:
+	bash hack/build-binaries.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The one test command (README, CI): unit tests, then e2e on a real dev cluster.
+test: setup
+	$(PY) -m pytest tests
+
+unit: venv
+	$(PY) -m pytest tests -m "not e2e"
+
+e2e: setup
+	$(PY) -m pytest tests -m e2e
+
+demo: setup
+	bash hack/demo.sh
+
+demo-down:
+	$(VENV)/bin/kubetune dev down
+
+crds: venv
+	$(VENV)/bin/kubetune crds
+
+check-crds: venv
+	$(VENV)/bin/kubetune crds --check
+
+lint: venv
+	$(VENV)/bin/ruff check operator trainer-image tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: venv
+	$(PY) benchmarks/search_benchmark.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -1,0 +1,638 @@
+"""Typed models of the kubetune.io/v1alpha1 API: the single source of truth.
+
+The CRDs in `crds/` are generated from these classes (`kubetune crds`), so a
+field's type, bounds, description and cross-field rules live here once.
+Two layers of validation share one meaning:
+
+- `x-kubernetes-validations` (CEL) rules below are enforced by the API server
+  at `kubectl apply`, so bad specs never reach the operator;
+- the pydantic validators repeat what CEL cannot express (cycles in
+  conditions, values of a referenced parent) and are what the operator and the
+  search engine use, so a spec that slipped past (an older CRD) becomes a
+  `Valid=False` condition instead of a crash.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "kubetune.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Parameter names become env var suffixes and PromQL-free labels, so keep them
+# to a lowercase identifier: no two names can collide once upper-cased.
+PARAMETER_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+METRIC_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+MAX_PARAMETERS = 64
+MAX_VALUES = 256
+
+ParameterValue = float | int | str
+ParameterAssignment = dict[str, ParameterValue]
+
+
+def rules(*cel: tuple[str, str]) -> dict[str, Any]:
+    """CEL validation rules as `json_schema_extra`: (rule, message) pairs."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in cel]}
+
+
+class KubeModel(BaseModel):
+    """camelCase on the wire, snake_case in Python, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The manifest form: camelCase keys, unset optionals left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --------------------------------------------------------------------------- objective
+
+
+class Goal(StrEnum):
+    MINIMIZE = "minimize"
+    MAXIMIZE = "maximize"
+
+
+class Objective(KubeModel):
+    """What a trial is judged by."""
+
+    metric: str = Field(
+        max_length=63,
+        pattern=METRIC_NAME_PATTERN,
+        description="Name of the metric to optimise, as the trial reports it (e.g. val_accuracy).",
+    )
+    goal: Goal = Field(description="Whether a larger (maximize) or smaller (minimize) value is better.")
+    target: float | None = Field(
+        default=None,
+        description="Stop the job as soon as a trial reaches this value (>= for maximize, <= for minimize).",
+    )
+    additional_metrics: list[Annotated[str, Field(max_length=63, pattern=METRIC_NAME_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Further metrics recorded in each Trial's status (not optimised).",
+    )
+    promql: str | None = Field(
+        default=None,
+        max_length=2048,
+        description=(
+            "PromQL template for the objective when trials do not follow the trainer contract. "
+            "Placeholders {{namespace}}, {{job}}, {{trial}} and {{metric}} are replaced by escaped "
+            "label values; the query must return one series per reported step with a `step` label, "
+            "or a single series (taken as the latest value)."
+        ),
+    )
+
+    def is_better(self, candidate: float, incumbent: float) -> bool:
+        """True when `candidate` beats `incumbent` under this goal."""
+        if self.goal == Goal.MAXIMIZE:
+            return candidate > incumbent
+        return candidate < incumbent
+
+    def reached_target(self, value: float) -> bool:
+        if self.target is None:
+            return False
+        return value >= self.target if self.goal == Goal.MAXIMIZE else value <= self.target
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+class ParameterType(StrEnum):
+    FLOAT = "float"
+    INT = "int"
+    CATEGORICAL = "categorical"
+    DISCRETE = "discrete"
+
+
+class ParameterCondition(KubeModel):
+    """The parameter exists only when a categorical parent took one of `values`."""
+
+    parameter: str = Field(max_length=63, pattern=PARAMETER_NAME_PATTERN, description="Parent parameter name.")
+    values: list[Annotated[str, Field(max_length=253)]] = Field(
+        min_length=1, max_length=MAX_VALUES, description="Parent values for which this parameter exists."
+    )
+
+
+_PARAMETER_RULES = rules(
+    (
+        "self.type in ['float', 'int'] ? (has(self.min) && has(self.max)) : true",
+        "float and int parameters need min and max",
+    ),
+    (
+        "!(has(self.min) && has(self.max)) || self.min < self.max",
+        "min must be less than max",
+    ),
+    ("!self.log || (has(self.min) && self.min > 0.0)", "log scale needs min > 0"),
+    ("!(self.log && has(self.step))", "log scale and step cannot be combined"),
+    (
+        "self.type in ['categorical', 'discrete'] ? (has(self.values) && size(self.values) > 0) : !has(self.values)",
+        "categorical and discrete parameters need values; float and int parameters take min/max instead",
+    ),
+    (
+        "self.type in ['categorical', 'discrete'] ? !has(self.min) && !has(self.max) && !has(self.step) && !self.log"
+        " : true",
+        "categorical and discrete parameters take no min, max, step or log",
+    ),
+    (
+        "self.type != 'int' || ((!has(self.min) || double(int(self.min)) == self.min)"
+        " && (!has(self.max) || double(int(self.max)) == self.max)"
+        " && (!has(self.step) || double(int(self.step)) == self.step))",
+        "int parameters need whole-number min, max and step",
+    ),
+)
+
+
+class Parameter(KubeModel):
+    """One dimension of the search space."""
+
+    model_config = ConfigDict(json_schema_extra=_PARAMETER_RULES)
+
+    name: str = Field(
+        max_length=63,
+        pattern=PARAMETER_NAME_PATTERN,
+        description=(
+            "Lowercase identifier; the trial container receives it as KUBETUNE_PARAM_<NAME> "
+            "and as ${params.<name>} in args and env."
+        ),
+    )
+    type: ParameterType = Field(description="float, int, categorical (strings) or discrete (ordered numbers).")
+    min: float | None = Field(default=None, description="Lower bound (float, int).")
+    max: float | None = Field(default=None, description="Upper bound, inclusive (float, int).")
+    step: float | None = Field(default=None, gt=0, description="Grid step from min (float, int).")
+    log: bool = Field(default=False, description="Sample on a log scale (float, int; needs min > 0).")
+    values: list[ParameterValue] | None = Field(
+        default=None,
+        max_length=MAX_VALUES,
+        description="Choices: strings for categorical, numbers in increasing order for discrete.",
+    )
+    when: ParameterCondition | None = Field(
+        default=None, description="Make this parameter conditional on a categorical parent's value."
+    )
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> Parameter:
+        numeric = self.type in (ParameterType.FLOAT, ParameterType.INT)
+        where = f"parameter {self.name!r}"
+        if numeric:
+            if self.min is None or self.max is None:
+                raise ValueError(f"{where}: {self.type} parameters need min and max")
+            if not (math.isfinite(self.min) and math.isfinite(self.max)):
+                raise ValueError(f"{where}: min and max must be finite")
+            if self.min >= self.max:
+                raise ValueError(f"{where}: min ({self.min}) must be less than max ({self.max})")
+            if self.log and self.min <= 0:
+                raise ValueError(f"{where}: log scale needs min > 0, got {self.min}")
+            if self.log and self.step is not None:
+                raise ValueError(f"{where}: log scale and step cannot be combined")
+            if self.values is not None:
+                raise ValueError(f"{where}: {self.type} parameters take min/max, not values")
+            if self.type == ParameterType.INT:
+                for label, bound in (("min", self.min), ("max", self.max), ("step", self.step)):
+                    if bound is not None and bound != math.floor(bound):
+                        raise ValueError(f"{where}: int parameters need a whole-number {label}, got {bound}")
+            return self
+        if not self.values:
+            raise ValueError(f"{where}: {self.type} parameters need a non-empty values list")
+        if self.min is not None or self.max is not None or self.step is not None or self.log:
+            raise ValueError(f"{where}: {self.type} parameters take values, not min/max/step/log")
+        if len(set(map(str, self.values))) != len(self.values):
+            raise ValueError(f"{where}: values must be unique")
+        if self.type == ParameterType.CATEGORICAL:
+            if not all(isinstance(v, str) for v in self.values):
+                raise ValueError(f"{where}: categorical values must be strings (quote numbers in YAML)")
+        else:
+            numbers = [v for v in self.values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if len(numbers) != len(self.values) or not all(math.isfinite(float(v)) for v in numbers):
+                raise ValueError(f"{where}: discrete values must be finite numbers")
+            if any(float(a) >= float(b) for a, b in zip(numbers, numbers[1:])):
+                raise ValueError(f"{where}: discrete values must be in strictly increasing order")
+        return self
+
+
+# --------------------------------------------------------------------------- algorithm
+
+
+class AlgorithmName(StrEnum):
+    AUTO = "auto"
+    RANDOM = "random"
+    GRID = "grid"
+    BAYESIAN = "bayesian"
+    TPE = "tpe"
+    CMAES = "cmaes"
+    EVOLUTION = "evolution"
+
+
+class GridSettings(KubeModel):
+    """Settings of grid search."""
+
+    points_per_dimension: int = Field(
+        default=5, ge=2, le=1000, description="Points for a float/int parameter that has no step."
+    )
+
+
+class TPESettings(KubeModel):
+    """Settings of the Tree-structured Parzen Estimator."""
+
+    n_startup_trials: int = Field(default=10, ge=0, le=10000, description="Random trials before TPE models.")
+    n_ei_candidates: int = Field(default=24, ge=1, le=10000, description="Candidates scored per suggestion.")
+    multivariate: bool = Field(default=True, description="Model parameters jointly rather than one by one.")
+
+
+class BayesianSettings(KubeModel):
+    """Settings of Gaussian-process Bayesian optimisation."""
+
+    n_startup_trials: int = Field(default=10, ge=1, le=10000, description="Quasi-random trials before the GP.")
+    acquisition: str = Field(
+        default="ei", pattern=r"^(ei|ucb|pi)$", description="Acquisition function: ei, ucb or pi."
+    )
+
+
+class CMAESSettings(KubeModel):
+    """Settings of CMA-ES."""
+
+    sigma0: float | None = Field(default=None, gt=0, description="Initial step size (fraction of the range).")
+    population_size: int | None = Field(default=None, ge=2, le=10000, description="Offspring per generation.")
+    n_startup_trials: int = Field(default=0, ge=0, le=10000, description="Random trials before CMA-ES.")
+
+
+class EvolutionSettings(KubeModel):
+    """Settings of the genetic algorithm."""
+
+    population_size: int = Field(default=20, ge=2, le=10000, description="Individuals per generation.")
+    mutation_rate: float = Field(default=0.2, ge=0, le=1, description="Per-gene mutation probability.")
+    crossover_rate: float = Field(default=0.9, ge=0, le=1, description="Probability of uniform crossover.")
+    tournament_size: int = Field(default=3, ge=1, le=100, description="Contestants per parent selection.")
+
+
+_ALGORITHM_RULES = rules(
+    *(
+        (f"!has(self.{name}) || self.name == '{name}'", f"{name} settings need algorithm name {name}")
+        for name in ("grid", "tpe", "bayesian", "cmaes", "evolution")
+    )
+)
+
+
+class Algorithm(KubeModel):
+    """How the next trials are suggested."""
+
+    model_config = ConfigDict(json_schema_extra=_ALGORITHM_RULES)
+
+    name: AlgorithmName = Field(
+        default=AlgorithmName.AUTO,
+        description="auto (default: picks per search space), random, grid, bayesian, tpe, cmaes or evolution.",
+    )
+    seed: int | None = Field(
+        default=None, ge=0, le=2**31 - 1, description="Seed for reproducible suggestions (default 0)."
+    )
+    grid: GridSettings | None = None
+    tpe: TPESettings | None = None
+    bayesian: BayesianSettings | None = None
+    cmaes: CMAESSettings | None = None
+    evolution: EvolutionSettings | None = None
+
+
+# --------------------------------------------------------------------------- early stopping
+
+
+class EarlyStoppingRule(StrEnum):
+    NONE = "none"
+    MEDIAN = "median"
+    ASHA = "asha"
+    HYPERBAND = "hyperband"
+
+
+_EARLY_STOPPING_RULES = rules(
+    (
+        "!(self.rule in ['asha', 'hyperband']) || has(self.maxResource)",
+        "asha and hyperband need maxResource",
+    ),
+    (
+        "!has(self.maxResource) || self.maxResource >= self.minResource",
+        "maxResource must be at least minResource",
+    ),
+)
+
+
+class EarlyStopping(KubeModel):
+    """When running trials are stopped because they look worse than their peers."""
+
+    model_config = ConfigDict(json_schema_extra=_EARLY_STOPPING_RULES)
+
+    rule: EarlyStoppingRule = Field(default=EarlyStoppingRule.NONE, description="none, median, asha or hyperband.")
+    resource: str = Field(
+        default="epoch", max_length=63, description="What a step counts (informational: epoch, step, ...)."
+    )
+    min_resource: int = Field(default=1, ge=1, description="Steps every trial gets before it can be stopped.")
+    max_resource: int | None = Field(default=None, ge=1, description="Steps a full trial runs (asha, hyperband).")
+    reduction_factor: int = Field(default=3, ge=2, le=100, description="Keep 1/factor of trials at each rung.")
+    min_trials: int = Field(
+        default=5, ge=1, le=10000, description="Trials that must have reported a step before median compares."
+    )
+
+    @model_validator(mode="after")
+    def _check_resources(self) -> EarlyStopping:
+        needs_max = self.rule in (EarlyStoppingRule.ASHA, EarlyStoppingRule.HYPERBAND)
+        if needs_max and self.max_resource is None:
+            raise ValueError(f"earlyStopping: {self.rule} needs maxResource")
+        if self.max_resource is not None and self.max_resource < self.min_resource:
+            raise ValueError("earlyStopping: maxResource must be at least minResource")
+        return self
+
+
+# --------------------------------------------------------------------------- budget and template
+
+
+class Budget(KubeModel):
+    """How many trials, how many at once, how much failure to tolerate."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(("self.parallelism <= self.maxTrials", "parallelism must not exceed maxTrials"))
+    )
+
+    max_trials: int = Field(ge=1, le=1_000_000, description="Trials to run in total.")
+    parallelism: int = Field(default=1, ge=1, le=10_000, description="Trials running at the same time.")
+    max_failed_trials: int = Field(
+        default=3, ge=0, le=1_000_000, description="The job fails once more trials than this have failed."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Stop starting trials and finish the job this long after it started."
+    )
+
+    @model_validator(mode="after")
+    def _check_parallelism(self) -> Budget:
+        if self.parallelism > self.max_trials:
+            raise ValueError(
+                f"budget: parallelism ({self.parallelism}) must not exceed maxTrials ({self.max_trials})"
+            )
+        return self
+
+
+class ContainerTemplate(BaseModel):
+    """A core/v1 Container: name checked here, every other field by the API server when the pod is made."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(max_length=63, description="Container name.")
+
+
+class PodSpecTemplate(BaseModel):
+    """A core/v1 PodSpec; only containers is checked here."""
+
+    model_config = ConfigDict(extra="allow")
+
+    containers: list[ContainerTemplate] = Field(min_length=1, max_length=32, description="Pod containers.")
+
+
+class PodTemplate(BaseModel):
+    """A core/v1 PodTemplateSpec for every trial."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: dict[str, Any] | None = Field(default=None, description="Labels and annotations for trial pods.")
+    spec: PodSpecTemplate
+
+
+class TrialTemplate(KubeModel):
+    """How each trial runs: a pod template plus what kubetune adds to it."""
+
+    primary_container: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Container that trains and reports metrics (default: the first).",
+    )
+    retries: int = Field(default=0, ge=0, le=10, description="Times a failed trial pod is retried.")
+    active_deadline_seconds: int | None = Field(default=None, ge=1, description="Deadline of each trial's pod.")
+    metrics_port: int = Field(default=8000, ge=1, le=65535, description="Port the trial serves metrics on.")
+    metrics_path: str = Field(default="/metrics", max_length=253, pattern=r"^/", description="Metrics HTTP path.")
+    template: PodTemplate = Field(description="The trial pod template (core/v1 PodTemplateSpec).")
+
+    @model_validator(mode="after")
+    def _check_primary(self) -> TrialTemplate:
+        names = [c.name for c in self.template.spec.containers]
+        if self.primary_container is not None and self.primary_container not in names:
+            raise ValueError(f"trialTemplate: primaryContainer {self.primary_container!r} is not one of {names}")
+        return self
+
+    @property
+    def primary_container_name(self) -> str:
+        return self.primary_container or self.template.spec.containers[0].name
+
+
+# --------------------------------------------------------------------------- the job
+
+
+_SPEC_RULES = rules(
+    (
+        "self.parameters.all(p, !has(p.when) || self.parameters.exists(q, q.name == p.when.parameter"
+        " && q.name != p.name && q.type == 'categorical'))",
+        "parameters[].when.parameter must name another, categorical parameter",
+    ),
+)
+
+
+class TuningJobSpec(KubeModel):
+    """A hyperparameter search: what to tune, how, for how long, and how each trial runs."""
+
+    model_config = ConfigDict(json_schema_extra=_SPEC_RULES)
+
+    objective: Objective
+    parameters: list[Parameter] = Field(min_length=1, max_length=MAX_PARAMETERS, description="The search space.")
+    algorithm: Algorithm = Field(default_factory=Algorithm)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    budget: Budget
+    trial_template: TrialTemplate
+    suspend: bool = Field(
+        default=False, description="Start no new trials; running trials finish. Set back to false to resume."
+    )
+
+    @model_validator(mode="after")
+    def _check_parameters(self) -> TuningJobSpec:
+        by_name: dict[str, Parameter] = {}
+        for parameter in self.parameters:
+            if parameter.name in by_name:
+                raise ValueError(f"parameters: duplicate name {parameter.name!r}")
+            by_name[parameter.name] = parameter
+        for parameter in self.parameters:
+            if parameter.when is None:
+                continue
+            parent = by_name.get(parameter.when.parameter)
+            where = f"parameter {parameter.name!r}: when.parameter {parameter.when.parameter!r}"
+            if parent is None or parent.name == parameter.name:
+                raise ValueError(f"{where} must name another parameter")
+            if parent.type != ParameterType.CATEGORICAL:
+                raise ValueError(f"{where} must be categorical")
+            unknown = set(parameter.when.values) - {str(v) for v in parent.values or []}
+            if unknown:
+                raise ValueError(f"{where} has no value(s) {sorted(unknown)}")
+        for parameter in self.parameters:  # conditions must form a forest, not a cycle
+            seen = {parameter.name}
+            current = parameter
+            while current.when is not None:
+                current = by_name[current.when.parameter]
+                if current.name in seen:
+                    raise ValueError(f"parameter {parameter.name!r}: conditions form a cycle")
+                seen.add(current.name)
+        return self
+
+    def parameter(self, name: str) -> Parameter:
+        for parameter in self.parameters:
+            if parameter.name == name:
+                return parameter
+        raise KeyError(name)
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(KubeModel):
+    """A metav1.Condition."""
+
+    type: str = Field(max_length=316)
+    status: ConditionStatus
+    reason: str = Field(max_length=1024)
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class TuningJobPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class TrialCounts(KubeModel):
+    """Trials by phase. `created` counts every Trial ever made for the job."""
+
+    created: int = 0
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    early_stopped: int = 0
+
+
+class BestTrial(KubeModel):
+    """The best finished trial so far."""
+
+    name: str
+    index: int
+    objective: float
+    parameters: ParameterAssignment = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class TuningJobStatus(KubeModel):
+    """Bounded in size: counts and the best trial, never a list of trials."""
+
+    phase: TuningJobPhase = TuningJobPhase.PENDING
+    progress: str | None = Field(default=None, description="Finished/maximum trials, e.g. 7/12.")
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list, max_length=16)
+    counts: TrialCounts = Field(default_factory=TrialCounts)
+    best_trial: BestTrial | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    message: str | None = Field(default=None, max_length=32768)
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metav1.ObjectMeta the operator reads."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = ""
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class TuningJob(KubeModel):
+    """A hyperparameter tuning study."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = API_VERSION
+    kind: str = "TuningJob"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: TuningJobSpec
+    status: TuningJobStatus = Field(default_factory=TuningJobStatus)
+
+
+# --------------------------------------------------------------------------- trials
+
+
+class TrialPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    EARLY_STOPPED = "EarlyStopped"
+
+    @property
+    def finished(self) -> bool:
+        return self in (TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED)
+
+
+class TrialSpec(KubeModel):
+    """One suggestion: its place in the study and its parameter values."""
+
+    index: int = Field(ge=0, description="Position in the job's sequence of trials (names are <job>-<index>).")
+    parameters: ParameterAssignment = Field(description="The hyperparameter values this trial runs with.")
+
+
+class EarlyStopDecision(KubeModel):
+    """Why a trial was stopped: what the rule compared."""
+
+    rule: str
+    step: float = Field(description="Step (resource) at which the trial was compared.")
+    value: float = Field(description="The trial's objective at that step.")
+    threshold: float | None = Field(default=None, description="The value it had to beat.")
+
+
+class TrialStatus(KubeModel):
+    phase: TrialPhase = TrialPhase.PENDING
+    attempts: int = Field(default=0, description="Pods started for this trial, retries included.")
+    job_name: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    objective: float | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    intermediate: list[list[float]] = Field(
+        default_factory=list, description="[step, objective] pairs the early-stopping rule saw."
+    )
+    early_stopping: EarlyStopDecision | None = None
+    reason: str | None = None
+    message: str | None = Field(default=None, max_length=32768)
+    observed_generation: int | None = None
+
+
+class Trial(KubeModel):
+    """One training run of a TuningJob."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = API_VERSION
+    kind: str = "Trial"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: TrialSpec
+    status: TrialStatus = Field(default_factory=TrialStatus)

@@ -1,0 +1,37 @@
+"""The `kubetune` command line: one entry point, one module per command group.
+
+Each command group lives in its own module and exposes
+`register(subparsers) -> None`, adding its parser with `set_defaults(run=...)`;
+`run(args) -> int` returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Modules that register command groups; imported lazily so `kubetune crds`
+# never pays for kopf or torch.
+COMMAND_MODULES: tuple[str, ...] = (
+    "kubetune.api.cli",
+    "kubetune.dev.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetune", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

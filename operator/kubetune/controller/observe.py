@@ -1,0 +1,102 @@
+"""Pure readers of what the cluster reports: trial pods and their termination messages."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetune.controller import naming
+
+
+@dataclass(frozen=True)
+class TerminationReport:
+    """What the trial left in its termination message (the trainer contract)."""
+
+    status: str | None = None
+    step: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PodView:
+    """The part of a trial pod the planner needs."""
+
+    name: str
+    trial: str
+    attempt: int
+    phase: str
+    deleting: bool = False
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+    def report(self) -> TerminationReport | None:
+        return parse_termination_message(self.message)
+
+
+def _floats(raw: Any) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[str(key)] = float(value)
+    return out
+
+
+def parse_termination_message(message: str | None) -> TerminationReport | None:
+    """The trainer's final JSON, or None when the message is absent or not ours."""
+    if not message:
+        return None
+    try:
+        raw = json.loads(message)
+    except ValueError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    step = raw.get("step")
+    return TerminationReport(
+        status=str(raw["status"]) if "status" in raw else None,
+        step=int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else None,
+        metrics=_floats(raw.get("metrics")),
+        best=_floats(raw.get("best")),
+        reason=str(raw["reason"]) if raw.get("reason") else None,
+    )
+
+
+def pod_view(pod: dict[str, Any], primary_container: str | None = None) -> PodView | None:
+    """Summarise a trial pod; None for pods that do not follow the naming scheme."""
+    metadata = pod.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    trial = labels.get(naming.LABEL_TRIAL)
+    attempt = naming.attempt_of(metadata.get("name", ""))
+    if not trial or attempt is None:
+        return None
+    status = pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    chosen = next((s for s in statuses if s.get("name") == primary_container), statuses[0] if statuses else {})
+    state = chosen.get("state") or {}
+    terminated = state.get("terminated") or {}
+    running = state.get("running") or {}
+    return PodView(
+        name=metadata["name"],
+        trial=trial,
+        attempt=attempt,
+        phase=status.get("phase") or "Pending",
+        deleting=bool(metadata.get("deletionTimestamp")),
+        exit_code=terminated.get("exitCode"),
+        reason=terminated.get("reason") or status.get("reason"),
+        message=terminated.get("message") or status.get("message"),
+        started_at=terminated.get("startedAt") or running.get("startedAt") or status.get("startTime"),
+        finished_at=terminated.get("finishedAt"),
+    )

@@ -1,0 +1,612 @@
+"""The pure reconcile of one TuningJob: (job, trials, pods, observations, now) -> plan.
+
+Nothing here talks to Kubernetes or Prometheus. The plan is a list of
+idempotent actions (deterministic names, create-if-absent) plus the job's new
+status, so applying a plan twice, or a plan computed from a stale cache, never
+makes a duplicate trial or loses a result.
+
+Trial lifecycle, as decided here from the trial's pods:
+
+    (no pod) -> Pending -> Running -> Succeeded            objective from the termination message
+                                   -> Failed -> retry as attempt n+1 while retries last, else Failed
+                                   -> EarlyStopped           the rule (or the job's end) stopped it
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from kubetune.api import (
+    BestTrial,
+    ConditionStatus,
+    EarlyStopDecision,
+    EarlyStoppingRule,
+    ParameterAssignment,
+    Trial,
+    TrialCounts,
+    TrialPhase,
+    TrialStatus,
+    TuningJob,
+    TuningJobPhase,
+    TuningJobSpec,
+    TuningJobStatus,
+)
+from kubetune.controller import naming
+from kubetune.controller.conditions import remove_condition, set_condition
+from kubetune.controller.observe import PodView
+from kubetune.controller.templates import build_trial, build_trial_pod, template_placeholders
+
+Curve = list[tuple[float, float]]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Observations:
+    """What Prometheus said about the job's trials, or why it could not."""
+
+    curves: dict[str, Curve] = field(default_factory=dict)  # trial -> [(step, objective)], ascending steps
+    finals: dict[str, dict[str, float]] = field(default_factory=dict)  # trial -> final metrics
+    problem: tuple[str, str] | None = None  # (reason, message) when degraded
+
+    @property
+    def available(self) -> bool:
+        return self.problem is None
+
+
+@dataclass(frozen=True)
+class StopVerdict:
+    """One early-stopping decision of the engine: history index and what decided it."""
+
+    index: int
+    rule: str
+    step: float
+    value: float
+    threshold: float | None
+
+
+class Engine(Protocol):
+    def suggest(self, spec: TuningJobSpec, history: list[dict[str, Any]], n: int) -> list[ParameterAssignment]: ...
+
+    def stop(self, spec: TuningJobSpec, history: list[dict[str, Any]]) -> list[StopVerdict]: ...
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class CreateTrial:
+    """Create the Trial, then its first pod (owner reference filled in from the created Trial)."""
+
+    trial: dict[str, Any]
+    pod: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CreatePod:
+    trial: str
+    trial_uid: str
+    pod: dict[str, Any]
+    attempt: int
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PatchTrialStatus:
+    trial: str
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # TuningJob or Trial
+    name: str
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+Action = CreateTrial | CreatePod | DeletePod | PatchTrialStatus | Event
+
+
+@dataclass
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    status: TuningJobStatus | None = None  # None: no change
+    requeue_after: float | None = None  # seconds; None: wait for events
+    suggested: int = 0  # trials asked of the engine (for metrics)
+
+    def of_type(self, kind: type[Any]) -> list[Any]:
+        return [a for a in self.actions if isinstance(a, kind)]
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    metrics_poll_seconds: float = 2.0  # how often running trials are compared (early stopping)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _short(text: str | None, limit: int = 512) -> str:
+    text = (text or "").strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def validate_job(job: TuningJob) -> str | None:
+    """What the operator alone can judge about a job the schema accepted; None when fine."""
+    if len(job.metadata.name) > naming.MAX_JOB_NAME_LENGTH:
+        return (
+            f"metadata.name must be at most {naming.MAX_JOB_NAME_LENGTH} characters "
+            "(trial names <job>-<index> are used as label values)"
+        )
+    names = {p.name for p in job.spec.parameters}
+    unknown = sorted(template_placeholders(job) - names)
+    if unknown:
+        return f"trialTemplate refers to unknown parameter(s): {', '.join('${params.' + n + '}' for n in unknown)}"
+    return None
+
+
+def history_entry(trial: Trial, status: TrialStatus, curve: Curve | None) -> dict[str, Any]:
+    """A trial as the search engine sees it."""
+    intermediate = [list(p) for p in curve] if curve is not None else [list(p) for p in status.intermediate]
+    objective = status.objective if status.phase in (TrialPhase.SUCCEEDED, TrialPhase.EARLY_STOPPED) else None
+    return {
+        "parameters": dict(trial.spec.parameters),
+        "state": str(status.phase),
+        "objective": objective,
+        "intermediate": intermediate,
+    }
+
+
+# --------------------------------------------------------------------------- trial lifecycle
+
+
+@dataclass
+class _TrialStep:
+    status: TrialStatus
+    actions: list[Action] = field(default_factory=list)
+
+
+def _objective_from(report_metrics: dict[str, float], best: dict[str, float], metric: str) -> float | None:
+    value = best.get(metric, report_metrics.get(metric))
+    return value if value is not None and math.isfinite(value) else None
+
+
+def advance_trial(
+    job: TuningJob,
+    trial: Trial,
+    pods: Sequence[PodView],
+    expected_pods: frozenset[str],
+    observations: Observations,
+    now: datetime,
+) -> _TrialStep:
+    """The trial's next status from its pods, and the pod actions that go with it."""
+    spec = job.spec
+    name = trial.metadata.name
+    status = trial.status.model_copy(deep=True)
+    step = _TrialStep(status=status)
+
+    if status.phase in (TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED):
+        # Final. A pod still running (stopped trial, finished job) is stopped.
+        for pod in pods:
+            if not pod.terminal and not pod.deleting:
+                step.actions.append(DeletePod(pod.name, f"trial {name} is {status.phase}"))
+        return step
+
+    latest = max(pods, key=lambda p: p.attempt) if pods else None
+    attempts = max(status.attempts, latest.attempt if latest else 0)
+    status.attempts = attempts
+    max_attempts = spec.trial_template.retries + 1
+
+    def new_attempt(number: int) -> None:
+        if trial.metadata.uid is None:
+            return
+        pod = build_trial_pod(job, name, number, trial.spec.parameters, trial.metadata.uid)
+        step.actions.append(CreatePod(trial=name, trial_uid=trial.metadata.uid, pod=pod, attempt=number))
+        status.attempts = number
+        status.phase = TrialPhase.PENDING
+
+    def fail(reason: str, message: str) -> None:
+        status.phase = TrialPhase.FAILED
+        status.reason = reason
+        status.message = _short(message, 2048)
+        status.completion_time = status.completion_time or _iso(now)
+        step.actions.append(Event("Trial", name, "Warning", "TrialFailed", f"{reason}: {_short(message)}"))
+
+    def attempt_failed(reason: str, message: str) -> None:
+        if attempts < max_attempts:
+            step.actions.append(
+                Event("Trial", name, "Warning", "TrialRetried",
+                      f"attempt {attempts} failed ({reason}: {_short(message, 200)}); starting attempt {attempts + 1}")
+            )
+            new_attempt(attempts + 1)
+        else:
+            fail(reason, message)
+
+    if latest is None or latest.attempt < attempts:
+        expected = naming.pod_name(name, attempts) if attempts else None
+        if attempts == 0:
+            new_attempt(1)
+        elif expected in expected_pods:
+            pass  # created a moment ago; the watch has not shown it yet
+        else:
+            attempt_failed("PodLost", f"pod {expected} disappeared (deleted or evicted) before it finished")
+        return step
+
+    pod = latest
+    if pod.phase == "Succeeded":
+        report = pod.report()
+        final = observations.finals.get(name, {})
+        metrics = dict(final) | (report.metrics if report else {})
+        objective = _objective_from(metrics, report.best if report else {}, spec.objective.metric)
+        if objective is None:
+            objective = _objective_from(final, {}, spec.objective.metric)
+        status.start_time = status.start_time or pod.started_at
+        status.completion_time = pod.finished_at or _iso(now)
+        status.metrics = metrics
+        curve = observations.curves.get(name)
+        if curve:
+            status.intermediate = [list(p) for p in curve]
+        if objective is None:
+            fail(
+                "MetricsUnavailable",
+                f"pod {pod.name} succeeded but reported no {spec.objective.metric!r} "
+                "in its termination message nor to Prometheus",
+            )
+        else:
+            status.phase = TrialPhase.SUCCEEDED
+            status.objective = objective
+            status.reason = "Completed"
+            status.message = None
+            step.actions.append(
+                Event("Trial", name, "Normal", "TrialSucceeded", f"{spec.objective.metric}={objective:.6g}")
+            )
+        return step
+    if pod.phase == "Failed":
+        report = pod.report()
+        if report and report.status == "diverged":
+            fail("Diverged", report.reason or "training diverged (NaN or infinite loss)")
+            return step
+        detail = pod.reason or "Error"
+        message = f"pod {pod.name}: {detail}"
+        if pod.exit_code is not None:
+            message += f", exit code {pod.exit_code}"
+        if report and report.reason:
+            message += f": {report.reason}"
+        elif pod.message and not report:
+            message += f": {_short(pod.message, 1024)}"
+        attempt_failed(detail if detail != "Error" else "Error", message)
+        return step
+    if pod.phase == "Running" and not pod.deleting:
+        if status.phase != TrialPhase.RUNNING:
+            status.phase = TrialPhase.RUNNING
+            status.start_time = status.start_time or pod.started_at or _iso(now)
+    return step
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def _counts(statuses: Sequence[TrialStatus]) -> TrialCounts:
+    counts = TrialCounts(created=len(statuses))
+    for s in statuses:
+        match s.phase:
+            case TrialPhase.PENDING:
+                counts.pending += 1
+            case TrialPhase.RUNNING:
+                counts.running += 1
+            case TrialPhase.SUCCEEDED:
+                counts.succeeded += 1
+            case TrialPhase.FAILED:
+                counts.failed += 1
+            case TrialPhase.EARLY_STOPPED:
+                counts.early_stopped += 1
+    return counts
+
+
+def _best(job: TuningJob, trials: Sequence[Trial], statuses: Sequence[TrialStatus]) -> BestTrial | None:
+    best: BestTrial | None = None
+    for trial, status in zip(trials, statuses):
+        if status.phase != TrialPhase.SUCCEEDED or status.objective is None:
+            continue
+        if best is None or job.spec.objective.is_better(status.objective, best.objective):
+            best = BestTrial(
+                name=trial.metadata.name,
+                index=trial.spec.index,
+                objective=status.objective,
+                parameters=dict(trial.spec.parameters),
+                metrics=dict(status.metrics),
+            )
+    return best
+
+
+def _finish_reason(
+    job: TuningJob,
+    counts: TrialCounts,
+    best: BestTrial | None,
+    last_failure: str | None,
+    start: datetime,
+    now: datetime,
+    exhausted: bool,
+) -> tuple[TuningJobPhase, str, str] | None:
+    """(phase, reason, message) when the job is over under the current spec, else None."""
+    budget = job.spec.budget
+    active = counts.pending + counts.running
+    if counts.failed > budget.max_failed_trials:
+        return (
+            TuningJobPhase.FAILED,
+            "TooManyFailedTrials",
+            f"{counts.failed} trials failed (maxFailedTrials {budget.max_failed_trials}); last: {last_failure}",
+        )
+    if best is not None and job.spec.objective.reached_target(best.objective):
+        return (
+            TuningJobPhase.SUCCEEDED,
+            "TargetReached",
+            f"trial {best.name} reached {job.spec.objective.metric}={best.objective:.6g} "
+            f"(target {job.spec.objective.target})",
+        )
+    if budget.active_deadline_seconds is not None and now >= start + timedelta(seconds=budget.active_deadline_seconds):
+        phase = TuningJobPhase.SUCCEEDED if best is not None else TuningJobPhase.FAILED
+        return phase, "DeadlineExceeded", f"activeDeadlineSeconds {budget.active_deadline_seconds} passed"
+    done = counts.created >= budget.max_trials or exhausted
+    if done and active == 0:
+        reason = "MaxTrialsReached" if counts.created >= budget.max_trials else "SearchSpaceExhausted"
+        if best is None:
+            return TuningJobPhase.FAILED, "NoTrialSucceeded", f"{counts.created} trials ran and none succeeded"
+        return (
+            TuningJobPhase.SUCCEEDED,
+            reason,
+            f"{counts.created} trials; best {best.name} with {job.spec.objective.metric}={best.objective:.6g}",
+        )
+    return None
+
+
+def plan_invalid(
+    name: str, job_status: TuningJobStatus, generation: int | None, message: str, now: datetime
+) -> Plan:
+    """A spec the operator cannot run: say why in the status, do nothing else."""
+    status = job_status.model_copy(deep=True)
+    stamp = _iso(now)
+    status.conditions = set_condition(
+        status.conditions, "Valid", ConditionStatus.FALSE, "InvalidSpec", message, stamp, generation
+    )
+    status.phase = TuningJobPhase.FAILED
+    status.message = _short(message, 4096)
+    status.observed_generation = generation
+    changed = status.to_wire() != job_status.to_wire()
+    actions: list[Action] = []
+    if changed:
+        actions.append(Event("TuningJob", name, "Warning", "InvalidSpec", _short(message)))
+    return Plan(actions=actions, status=status if changed else None)
+
+
+def plan(
+    job: TuningJob,
+    trials: Sequence[Trial],
+    pods: Sequence[PodView],
+    observations: Observations,
+    now: datetime,
+    engine: Engine,
+    expected_pods: frozenset[str] = frozenset(),
+    settings: PlannerSettings = PlannerSettings(),
+) -> Plan:
+    """Everything the operator should do for `job` now."""
+    problem = validate_job(job)
+    generation = job.metadata.generation
+    if problem is not None:
+        return plan_invalid(job.metadata.name, job.status, generation, problem, now)
+
+    spec = job.spec
+    trials = sorted(trials, key=lambda t: t.spec.index)
+    pods_by_trial: dict[str, list[PodView]] = {}
+    for pod in pods:
+        pods_by_trial.setdefault(pod.trial, []).append(pod)
+
+    result = Plan()
+    steps = [
+        advance_trial(job, t, pods_by_trial.get(t.metadata.name, []), expected_pods, observations, now)
+        for t in trials
+    ]
+    statuses = [s.status for s in steps]
+    for s in steps:
+        result.actions.extend(s.actions)
+
+    def live_curve(i: int) -> Curve | None:
+        return observations.curves.get(trials[i].metadata.name) if statuses[i].phase == TrialPhase.RUNNING else None
+
+    # Early stopping: running trials against everyone's curves.
+    rule_on = spec.early_stopping.rule != EarlyStoppingRule.NONE
+    if rule_on and observations.available and any(s.phase == TrialPhase.RUNNING for s in statuses):
+        history = [history_entry(t, s, live_curve(i)) for i, (t, s) in enumerate(zip(trials, statuses))]
+        for verdict in engine.stop(spec, history):
+            if not 0 <= verdict.index < len(trials) or statuses[verdict.index].phase != TrialPhase.RUNNING:
+                continue
+            _stop_trial(result, trials[verdict.index], statuses[verdict.index], pods_by_trial,
+                        observations, now, "EarlyStopped",
+                        f"{verdict.rule}: {spec.objective.metric}={verdict.value:.6g} at {spec.early_stopping.resource} "
+                        f"{verdict.step:g}" + ("" if verdict.threshold is None else f", needed {verdict.threshold:.6g}"),
+                        EarlyStopDecision(rule=verdict.rule, step=verdict.step, value=verdict.value,
+                                          threshold=verdict.threshold))
+
+    # The job as a whole.
+    start = _parse_time(job.status.start_time) or now
+    counts = _counts(statuses)
+    best = _best(job, trials, statuses)
+    failures = [s for s in statuses if s.phase == TrialPhase.FAILED]
+    last_failure = f"{failures[-1].reason}: {failures[-1].message}" if failures else None
+    finished = _finish_reason(job, counts, best, last_failure, start, now, exhausted=False)
+
+    history: list[dict[str, Any]] | None = None
+    if finished is None and not spec.suspend:
+        active = counts.pending + counts.running
+        slots = min(spec.budget.parallelism - active, spec.budget.max_trials - counts.created)
+        if slots > 0:
+            history = [history_entry(t, s, live_curve(i)) for i, (t, s) in enumerate(zip(trials, statuses))]
+            suggestions = engine.suggest(spec, history, slots)
+            result.suggested = slots
+            next_index = trials[-1].spec.index + 1 if trials else 0
+            for offset, parameters in enumerate(suggestions):
+                index = next_index + offset
+                manifest = build_trial(job, index, parameters)
+                name = manifest["metadata"]["name"]
+                pod = build_trial_pod(job, name, 1, parameters, trial_uid=None)
+                result.actions.append(CreateTrial(trial=manifest, pod=pod))
+                result.actions.append(Event("TuningJob", job.metadata.name, "Normal", "TrialCreated",
+                                            f"{name}: {parameters}"))
+            counts.created += len(suggestions)
+            counts.pending += len(suggestions)
+            if len(suggestions) < slots and counts.pending + counts.running == 0:
+                finished = _finish_reason(job, counts, best, last_failure, start, now, exhausted=True)
+
+    if finished is not None:
+        # The job is over: nothing keeps running on its behalf.
+        for i, status in enumerate(statuses):
+            if status.phase in (TrialPhase.PENDING, TrialPhase.RUNNING):
+                _stop_trial(result, trials[i], status, pods_by_trial, observations, now, "JobFinished",
+                            f"the job finished ({finished[1]}) while this trial was active", None)
+        counts = _counts(statuses)
+
+    # Trial status patches, only where something changed.
+    for trial, status in zip(trials, statuses):
+        if status.to_wire() != trial.status.to_wire():
+            result.actions.append(PatchTrialStatus(trial.metadata.name, status.to_wire()))
+
+    result.status = _job_status(job, counts, best, finished, observations, start, now)
+    if result.status.to_wire() == job.status.to_wire():
+        result.status = None
+    elif finished is not None and job.status.phase != finished[0]:
+        kind = "Normal" if finished[0] == TuningJobPhase.SUCCEEDED else "Warning"
+        result.actions.append(Event("TuningJob", job.metadata.name, kind, finished[1], finished[2]))
+
+    result.requeue_after = _requeue_after(job, counts, finished, start, now, settings)
+    return result
+
+
+def _stop_trial(
+    result: Plan,
+    trial: Trial,
+    status: TrialStatus,
+    pods_by_trial: dict[str, list[PodView]],
+    observations: Observations,
+    now: datetime,
+    reason: str,
+    message: str,
+    decision: EarlyStopDecision | None,
+) -> None:
+    name = trial.metadata.name
+    curve = observations.curves.get(name)
+    if curve:
+        status.intermediate = [list(p) for p in curve]
+    status.phase = TrialPhase.EARLY_STOPPED
+    status.early_stopping = decision
+    status.objective = status.intermediate[-1][1] if status.intermediate else None
+    status.reason = reason
+    status.message = message
+    status.completion_time = _iso(now)
+    for pod in pods_by_trial.get(name, []):
+        if not pod.terminal and not pod.deleting:
+            result.actions.append(DeletePod(pod.name, f"trial {name}: {reason}"))
+    result.actions.append(Event("Trial", name, "Normal", "TrialEarlyStopped" if decision else reason, message))
+
+
+def _job_status(
+    job: TuningJob,
+    counts: TrialCounts,
+    best: BestTrial | None,
+    finished: tuple[TuningJobPhase, str, str] | None,
+    observations: Observations,
+    start: datetime,
+    now: datetime,
+) -> TuningJobStatus:
+    spec = job.spec
+    generation = job.metadata.generation
+    stamp = _iso(now)
+    status = job.status.model_copy(deep=True)
+    conditions = set_condition(status.conditions, "Valid", ConditionStatus.TRUE, "Valid", "", stamp, generation)
+    active = counts.pending + counts.running
+    finished_count = counts.succeeded + counts.failed + counts.early_stopped
+    if finished is not None:
+        phase, reason, message = finished
+        status.completion_time = status.completion_time or stamp
+        conditions = set_condition(conditions, "Running", ConditionStatus.FALSE, reason, message, stamp, generation)
+        won = phase == TuningJobPhase.SUCCEEDED
+        conditions = set_condition(conditions, "Succeeded" if won else "Failed", ConditionStatus.TRUE, reason,
+                                   message, stamp, generation)
+        conditions = remove_condition(conditions, "Failed" if won else "Succeeded")
+        status.message = message
+    else:
+        phase = TuningJobPhase.SUSPENDED if spec.suspend else TuningJobPhase.RUNNING
+        status.completion_time = None
+        conditions = remove_condition(remove_condition(conditions, "Succeeded"), "Failed")
+        if spec.suspend:
+            message = f"suspended; {active} trial(s) still finishing" if active else "suspended"
+            conditions = set_condition(conditions, "Running", ConditionStatus.FALSE, "Suspended", message, stamp,
+                                       generation)
+        else:
+            message = f"{active} trial(s) active, {finished_count} finished"
+            conditions = set_condition(conditions, "Running", ConditionStatus.TRUE, "TrialsActive", message, stamp,
+                                       generation)
+        status.message = None
+    if spec.early_stopping.rule != EarlyStoppingRule.NONE or spec.objective.promql:
+        if observations.problem is None:
+            conditions = set_condition(conditions, "MetricsAvailable", ConditionStatus.TRUE, "PrometheusReachable",
+                                       "", stamp, generation)
+        else:
+            reason, message = observations.problem
+            conditions = set_condition(conditions, "MetricsAvailable", ConditionStatus.FALSE, reason,
+                                       message + "; early stopping is paused, final results still come from pods",
+                                       stamp, generation)
+    status.conditions = conditions
+    status.phase = phase
+    status.counts = counts
+    status.best_trial = best
+    status.progress = f"{finished_count}/{spec.budget.max_trials}"
+    status.observed_generation = generation
+    status.start_time = status.start_time or _iso(start)
+    return status
+
+
+def _requeue_after(
+    job: TuningJob,
+    counts: TrialCounts,
+    finished: tuple[TuningJobPhase, str, str] | None,
+    start: datetime,
+    now: datetime,
+    settings: PlannerSettings,
+) -> float | None:
+    if finished is not None:
+        return None
+    waits: list[float] = []
+    if counts.running and (job.spec.early_stopping.rule != EarlyStoppingRule.NONE or job.spec.objective.promql):
+        waits.append(settings.metrics_poll_seconds)
+    deadline = job.spec.budget.active_deadline_seconds
+    if deadline is not None:
+        waits.append(max(0.1, (start + timedelta(seconds=deadline) - now).total_seconds()))
+    return min(waits) if waits else None
+
+
+EngineFactory = Callable[[], Engine]

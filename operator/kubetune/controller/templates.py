@@ -1,0 +1,181 @@
+"""Pure builders of the manifests the operator creates: Trials and trial pods."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+from kubetune.api import API_VERSION, ParameterAssignment, ParameterValue, TuningJob
+from kubetune.controller import naming
+
+_PLACEHOLDER = re.compile(r"\$\{params\.([a-z][a-z0-9_]*)\}")
+
+# Pod fields a trial pod gets unless the template says otherwise: no API
+# token (trials never need the API server) and the restricted profile.
+_POD_SECURITY_DEFAULTS: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+_CONTAINER_SECURITY_DEFAULTS: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def format_value(value: ParameterValue) -> str:
+    """How a parameter value is spelled in env vars and args."""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def placeholders(text: str) -> list[str]:
+    """Parameter names referenced as ${params.name} in a string."""
+    return _PLACEHOLDER.findall(text)
+
+
+def substitute(text: str, parameters: ParameterAssignment) -> str:
+    """Replace ${params.name} literally. Absent (conditional) parameters become ''.
+
+    The result goes into an argv entry or env value, never through a shell, so
+    a value such as `; rm -rf /` stays inert text.
+    """
+    return _PLACEHOLDER.sub(lambda m: format_value(parameters[m[1]]) if m[1] in parameters else "", text)
+
+
+def template_placeholders(job: TuningJob) -> set[str]:
+    """Every parameter name the pod template refers to."""
+    found: set[str] = set()
+    for container in job.spec.trial_template.template.model_dump()["spec"]["containers"]:
+        for text in _container_strings(container):
+            found.update(placeholders(text))
+    return found
+
+
+def _container_strings(container: dict[str, Any]) -> list[str]:
+    strings = [s for s in container.get("command") or [] if isinstance(s, str)]
+    strings += [s for s in container.get("args") or [] if isinstance(s, str)]
+    strings += [e["value"] for e in container.get("env") or [] if isinstance(e.get("value"), str)]
+    return strings
+
+
+def owner_reference(api_version: str, kind: str, name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def build_trial(job: TuningJob, index: int, parameters: ParameterAssignment) -> dict[str, Any]:
+    """The Trial resource for suggestion number `index` of the job."""
+    assert job.metadata.uid, "a job read from the API server has a uid"
+    name = naming.trial_name(job.metadata.name, index)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Trial",
+        "metadata": {
+            "name": name,
+            "namespace": job.metadata.namespace,
+            "labels": {
+                naming.LABEL_JOB: job.metadata.name,
+                naming.LABEL_TRIAL: name,
+                naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+            },
+            "ownerReferences": [owner_reference(API_VERSION, "TuningJob", job.metadata.name, job.metadata.uid)],
+        },
+        "spec": {"index": index, "parameters": dict(parameters)},
+    }
+
+
+def build_trial_pod(
+    job: TuningJob, trial: str, attempt: int, parameters: ParameterAssignment, trial_uid: str | None
+) -> dict[str, Any]:
+    """The pod for one attempt of a trial, built from the job's trial template.
+
+    `trial_uid` is None when the Trial is being created in the same step; the
+    executor fills in the owner reference once the API server answered.
+    """
+    spec = job.spec
+    template = spec.trial_template
+    raw = template.template.model_dump(exclude_none=True)
+    metadata: dict[str, Any] = copy.deepcopy(raw.get("metadata") or {})
+    pod_spec: dict[str, Any] = copy.deepcopy(raw["spec"])
+    name = naming.pod_name(trial, attempt)
+
+    labels = {str(k): str(v) for k, v in (metadata.get("labels") or {}).items()}
+    labels.update(
+        {
+            naming.LABEL_JOB: job.metadata.name,
+            naming.LABEL_TRIAL: trial,
+            naming.LABEL_ATTEMPT: str(attempt),
+            naming.LABEL_SCRAPE: "true",
+            naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+        }
+    )
+    annotations = {str(k): str(v) for k, v in (metadata.get("annotations") or {}).items()}
+    annotations[naming.ANNOTATION_METRICS_PATH] = template.metrics_path
+
+    # Trials are retried by the operator (as new attempts), never in place.
+    pod_spec["restartPolicy"] = "Never"
+    pod_spec.setdefault("automountServiceAccountToken", False)
+    pod_spec.setdefault("securityContext", copy.deepcopy(_POD_SECURITY_DEFAULTS))
+    if template.active_deadline_seconds is not None:
+        pod_spec["activeDeadlineSeconds"] = template.active_deadline_seconds
+
+    for container in pod_spec["containers"]:
+        _substitute_container(container, parameters)
+        container.setdefault("securityContext", copy.deepcopy(_CONTAINER_SECURITY_DEFAULTS))
+        if container["name"] == template.primary_container_name:
+            _inject_primary(container, job, trial, parameters)
+
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": job.metadata.namespace,
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": pod_spec,
+    }
+    if trial_uid is not None:
+        pod["metadata"]["ownerReferences"] = [owner_reference(API_VERSION, "Trial", trial, trial_uid)]
+    return pod
+
+
+def _substitute_container(container: dict[str, Any], parameters: ParameterAssignment) -> None:
+    for key in ("command", "args"):
+        if container.get(key):
+            container[key] = [substitute(s, parameters) if isinstance(s, str) else s for s in container[key]]
+    for env in container.get("env") or []:
+        if isinstance(env.get("value"), str):
+            env["value"] = substitute(env["value"], parameters)
+
+
+def _inject_primary(container: dict[str, Any], job: TuningJob, trial: str, parameters: ParameterAssignment) -> None:
+    template = job.spec.trial_template
+    injected: list[dict[str, Any]] = [
+        {"name": naming.param_env_name(name), "value": format_value(value)} for name, value in parameters.items()
+    ]
+    injected += [
+        {"name": naming.ENV_PARAMS_JSON, "value": json.dumps(parameters, sort_keys=True)},
+        {"name": naming.ENV_TRIAL, "value": trial},
+        {"name": naming.ENV_JOB, "value": job.metadata.name},
+        {"name": naming.ENV_METRICS_PORT, "value": str(template.metrics_port)},
+        # Bind to the pod IP: on the dev cluster every pod has its own loopback IP.
+        {"name": naming.ENV_METRICS_ADDRESS, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {
+            "name": naming.ENV_TERMINATION_MESSAGE_PATH,
+            "value": container.get("terminationMessagePath", "/dev/termination-log"),
+        },
+    ]
+    # The user's own env wins over what kubetune injects under the same name.
+    own = {env["name"] for env in container.get("env") or []}
+    container["env"] = [e for e in injected if e["name"] not in own] + list(container.get("env") or [])
+    ports = container.setdefault("ports", [])
+    if not any(p.get("name") == naming.METRICS_PORT_NAME for p in ports):
+        ports.append({"name": naming.METRICS_PORT_NAME, "containerPort": template.metrics_port, "protocol": "TCP"})

@@ -1,0 +1,136 @@
+"""Checks run before `dev up` starts anything, each failure with the command that fixes it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubetune.dev.layout import CONTROL_PLANE_BINARIES, KUBERNETES_VERSION
+
+BUILD_HINT = "run hack/build-binaries.sh (builds them into ~/.cache/kubetune; ~30 min the first time)"
+SYSTEM_DEPS_HINT = "run hack/install-system-deps.sh (apt-get install prometheus util-linux)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.what}\n    fix: {self.fix}"
+
+
+def format_problems(problems: list[Problem]) -> str:
+    return "cannot start the dev cluster:\n  " + "\n  ".join(str(p) for p in problems)
+
+
+def check_binaries(bin_dir: Path) -> list[Problem]:
+    problems = []
+    for name in CONTROL_PLANE_BINARIES:
+        path = bin_dir / name
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            problems.append(
+                Problem(
+                    f"{name} not found at {path}",
+                    f"{BUILD_HINT}, or point KUBETUNE_DEV_BIN_DIR at a directory holding "
+                    f"{', '.join(CONTROL_PLANE_BINARIES)} (Kubernetes {KUBERNETES_VERSION})",
+                )
+            )
+    return problems
+
+
+def check_prometheus(binary: str) -> list[Problem]:
+    if os.access(binary, os.X_OK):
+        return []
+    return [Problem(f"Prometheus not found at {binary}", SYSTEM_DEPS_HINT)]
+
+
+def check_host_tools() -> list[Problem]:
+    missing = [tool for tool in ("unshare", "mount") if shutil.which(tool) is None]
+    if not missing:
+        return []
+    return [Problem(f"{', '.join(missing)} not found on PATH (needed by the node agent)", SYSTEM_DEPS_HINT)]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Same option the servers use, so a port in TIME_WAIT is not reported as busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def listener_pid(port: int) -> int | None:
+    """Best effort: the pid listening on TCP `port` (via /proc/net/tcp socket inodes)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    if not inodes:
+        return None
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in targets:
+                        return int(proc.name)
+    return None
+
+
+def _describe_pid(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return f"pid {pid}"
+    return f"pid {pid} ({cmd[:80]})"
+
+
+def check_ports(requested: Mapping[str, int]) -> list[Problem]:
+    """Ports the user pinned (e.g. `--apiserver-port 6443`) must be free on 127.0.0.1."""
+    problems = []
+    for component, port in requested.items():
+        if not port_in_use(port):
+            continue
+        pid = listener_pid(port)
+        holder = f" by {_describe_pid(pid)}" if pid else ""
+        flag = f"--{component}-port"
+        problems.append(
+            Problem(
+                f"port {port} on 127.0.0.1 (wanted for {component}) is already in use{holder}",
+                f"stop that process, pass another {flag}, or leave {flag} out to pick a free port",
+            )
+        )
+    return problems
+
+
+def free_ports(count: int, *, exclude: set[int] | None = None) -> list[int]:
+    """`count` distinct free ports; all sockets stay bound until every port is chosen."""
+    exclude = exclude or set()
+    sockets: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port not in exclude:
+                ports.append(port)
+    finally:
+        for sock in sockets:
+            sock.close()
+    return ports
