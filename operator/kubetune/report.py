@@ -140,7 +140,9 @@ class ReporterSettings:
         except ValueError:
             raise ValueError(f"{ENV_METRICS_PORT} must be an integer, got {port_text!r}") from None
         try:
-            timeout = float(timeout_text) if timeout_text is not None else DEFAULT_FINAL_SCRAPE_TIMEOUT_SECONDS
+            timeout = (
+                float(timeout_text) if timeout_text is not None else DEFAULT_FINAL_SCRAPE_TIMEOUT_SECONDS
+            )
         except ValueError:
             raise ValueError(f"{ENV_FINAL_SCRAPE_TIMEOUT} must be a number, got {timeout_text!r}") from None
         return cls(
@@ -172,7 +174,9 @@ def _json_number(value: float) -> float | None:
 
 def _ordered(metrics: Mapping[str, float]) -> dict[str, float]:
     """Primary metrics first, then the rest alphabetically."""
-    keys = [k for k in PRIMARY_METRICS if k in metrics] + sorted(k for k in metrics if k not in PRIMARY_METRICS)
+    keys = [k for k in PRIMARY_METRICS if k in metrics] + sorted(
+        k for k in metrics if k not in PRIMARY_METRICS
+    )
     return {k: metrics[k] for k in keys}
 
 
@@ -275,7 +279,7 @@ class _MetricsServer(ThreadingHTTPServer):
 class _MetricsHandler(BaseHTTPRequestHandler):
     server: _MetricsServer
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         if self.path.split("?", 1)[0] != METRICS_PATH:
             self.send_error(404, f"only {METRICS_PATH} is served")
             return
@@ -293,7 +297,7 @@ class _MetricsHandler(BaseHTTPRequestHandler):
             # A scrape counts once its body has been handed to the socket.
             self.server.tracker.complete(ticket)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+    def log_message(self, format: str, *args: object) -> None:
         log.debug("metrics request: " + format, *args)
 
 
@@ -394,7 +398,7 @@ class TrialReporter:
             if not _METRIC_NAME.match(name):
                 raise ValueError(f"metric name {name!r} must match {_METRIC_NAME.pattern}")
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ValueError(f"metric {name} must be a number, got {value!r}")
+                raise TypeError(f"metric {name} must be a number, got {value!r}")
             values[name] = float(value)
         self.start()
         with self._lock:

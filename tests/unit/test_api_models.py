@@ -6,9 +6,8 @@ import copy
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
-
 from kubetune.api import TuningJobSpec
+from pydantic import ValidationError
 
 BASE: dict[str, Any] = {
     "objective": {"metric": "val_accuracy", "goal": "maximize"},

@@ -83,8 +83,12 @@ class Augmenter:
         if shift:
             applied = self._mask(n, device)
             span = 2 * self.max_shift + 1
-            dx = (torch.randint(span, (n,), device=device, generator=self.generator) - self.max_shift) * applied
-            dy = (torch.randint(span, (n,), device=device, generator=self.generator) - self.max_shift) * applied
+            dx = (
+                torch.randint(span, (n,), device=device, generator=self.generator) - self.max_shift
+            ) * applied
+            dy = (
+                torch.randint(span, (n,), device=device, generator=self.generator) - self.max_shift
+            ) * applied
         cos, sin = torch.cos(angle), torch.sin(angle)
         # affine_grid maps output to input coordinates in [-1, 1]; one pixel is 2/side.
         theta = torch.stack(

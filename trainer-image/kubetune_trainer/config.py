@@ -61,7 +61,7 @@ class ConfigError(ValueError):
         return ConfigError(self.knob, self.message, source)
 
 
-def knob(default: KnobType, help: str, group: str, choices: Sequence[str] | None = None) -> Any:  # noqa: A002
+def knob(default: KnobType, help: str, group: str, choices: Sequence[str] | None = None) -> Any:
     """A `TrainerConfig` field with the metadata the CLI and README use."""
     return field(default=default, metadata={"help": help, "group": group, "choices": tuple(choices or ())})
 
@@ -89,11 +89,16 @@ class TrainerConfig:
     n_classes: int = knob(3, "synthetic: number of classes", "data")
     # feature engineering (tabular features; image datasets become tabular when used)
     standardize: bool = knob(
-        True, "standardise inputs with train-set statistics (per feature; one mean/std for images)", "features"
+        True,
+        "standardise inputs with train-set statistics (per feature; one mean/std for images)",
+        "features",
     )
-    pca_components: int = knob(0, "project onto this many principal components (0 = off); fit on train", "features")
+    pca_components: int = knob(
+        0, "project onto this many principal components (0 = off); fit on train", "features"
+    )
     rfe_features: int = knob(
-        0, "recursive feature elimination down to k features with a logistic model (0 = off); fit on train",
+        0,
+        "recursive feature elimination down to k features with a logistic model (0 = off); fit on train",
         "features",
     )
     # model
@@ -113,16 +118,22 @@ class TrainerConfig:
     lr_schedule: str = knob("constant", "learning-rate schedule after warmup", "optimization", LR_SCHEDULES)
     step_size: int = knob(10, "step schedule: epochs between decays", "optimization")
     gamma: float = knob(0.1, "step schedule: decay factor in (0, 1]", "optimization")
-    warmup_epochs: int = knob(0, "linear warmup from lr/warmup_epochs to lr over this many epochs", "optimization")
+    warmup_epochs: int = knob(
+        0, "linear warmup from lr/warmup_epochs to lr over this many epochs", "optimization"
+    )
     # regularisation
     weight_decay: float = knob(
         0.0, "L2 penalty via the optimiser (decoupled for adamw), applied to all parameters", "regularization"
     )
-    l1: float = knob(0.0, "L1 penalty coefficient on weights (not biases), added to the loss", "regularization")
+    l1: float = knob(
+        0.0, "L1 penalty coefficient on weights (not biases), added to the loss", "regularization"
+    )
     patience: int = knob(
         0, "early stopping: epochs without improvement before stopping (0 = off)", "regularization"
     )
-    min_delta: float = knob(0.0, "early stopping: smallest change that counts as improvement", "regularization")
+    min_delta: float = knob(
+        0.0, "early stopping: smallest change that counts as improvement", "regularization"
+    )
     early_stopping_metric: str = knob(
         "val_loss", "early stopping: metric watched", "regularization", EARLY_STOPPING_METRICS
     )
@@ -139,18 +150,23 @@ class TrainerConfig:
         "noise std 0.5",
         "augmentation",
     )
-    augment_prob: float = knob(0.5, "probability each selected op is applied to each sample, in [0, 1]", "augmentation")
+    augment_prob: float = knob(
+        0.5, "probability each selected op is applied to each sample, in [0, 1]", "augmentation"
+    )
     # runtime
     seed: int = knob(0, "seeds weight init, batch order and augmentation", "runtime")
     device: str = knob("auto", "auto (CUDA when available), cpu, cuda or cuda:N", "runtime")
-    amp: bool = knob(False, "mixed precision on CUDA (torch.autocast; GradScaler for float16); ignored on CPU", "runtime")
+    amp: bool = knob(
+        False, "mixed precision on CUDA (torch.autocast; GradScaler for float16); ignored on CPU", "runtime"
+    )
     amp_dtype: str = knob("float16", "mixed-precision dtype", "runtime", AMP_DTYPES)
 
     def __post_init__(self) -> None:
         for spec in KNOBS.values():
             if spec.choices and getattr(self, spec.name) not in spec.choices:
                 raise ConfigError(
-                    spec.name, f"unknown value {getattr(self, spec.name)!r}; choose one of {', '.join(spec.choices)}"
+                    spec.name,
+                    f"unknown value {getattr(self, spec.name)!r}; choose one of {', '.join(spec.choices)}",
                 )
         self._validate_data()
         self._validate_model_and_optimizer()
@@ -164,7 +180,8 @@ class TrainerConfig:
                 raise ConfigError("dataset", "csv: needs a path, e.g. csv:/data/train.csv")
         elif self.dataset not in DATASETS:
             raise ConfigError(
-                "dataset", f"unknown value {self.dataset!r}; choose one of {', '.join(DATASETS)} or csv:<path>"
+                "dataset",
+                f"unknown value {self.dataset!r}; choose one of {', '.join(DATASETS)} or csv:<path>",
             )
         _require("val_fraction", self.val_fraction, 0 < self.val_fraction < 1, "must be in (0, 1)")
         _require("data_seed", self.data_seed, self.data_seed >= 0, "must be >= 0")
@@ -199,21 +216,28 @@ class TrainerConfig:
         _require("gamma", self.gamma, 0 < self.gamma <= 1, "must be in (0, 1]")
         _require("warmup_epochs", self.warmup_epochs, self.warmup_epochs >= 0, "must be >= 0")
         _require(
-            "weight_decay", self.weight_decay, math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "weight_decay",
+            self.weight_decay,
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
             "must be >= 0",
         )
         _require("l1", self.l1, math.isfinite(self.l1) and self.l1 >= 0, "must be >= 0")
         _require("patience", self.patience, self.patience >= 0, "must be >= 0 (0 = off)")
-        _require("min_delta", self.min_delta, math.isfinite(self.min_delta) and self.min_delta >= 0, "must be >= 0")
+        _require(
+            "min_delta", self.min_delta, math.isfinite(self.min_delta) and self.min_delta >= 0, "must be >= 0"
+        )
         _require("seed", self.seed, self.seed >= 0, "must be >= 0")
 
     def _validate_augmentation(self) -> None:
         unknown = [op for op in self.augmentations if op not in AUGMENTATIONS]
         if unknown:
             raise ConfigError(
-                "augment", f"unknown operation(s) {', '.join(unknown)}; choose from {', '.join(AUGMENTATIONS)}"
+                "augment",
+                f"unknown operation(s) {', '.join(unknown)}; choose from {', '.join(AUGMENTATIONS)}",
             )
-        _require("augment_strength", self.augment_strength, 0 <= self.augment_strength <= 1, "must be in [0, 1]")
+        _require(
+            "augment_strength", self.augment_strength, 0 <= self.augment_strength <= 1, "must be in [0, 1]"
+        )
         _require("augment_prob", self.augment_prob, 0 <= self.augment_prob <= 1, "must be in [0, 1]")
 
     @property
@@ -238,7 +262,7 @@ def _require(name: str, value: object, ok: bool, message: str) -> None:
 @dataclass(frozen=True)
 class KnobSpec:
     name: str
-    type: type[str] | type[int] | type[float] | type[bool]
+    type: type[str | int | float | bool]
     default: KnobType
     help: str
     group: str
@@ -404,7 +428,4 @@ def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
 
 def knob_values_from_args(args: argparse.Namespace) -> dict[str, str]:
     """The knobs given on the command line, by knob name."""
-    return {
-        name[len("knob_") :]: value for name, value in vars(args).items() if name.startswith("knob_")
-    }
-
+    return {name[len("knob_") :]: value for name, value in vars(args).items() if name.startswith("knob_")}

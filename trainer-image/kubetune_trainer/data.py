@@ -96,7 +96,9 @@ def make_synthetic(n_samples: int, n_features: int, n_classes: int, seed: int) -
     """
     needed = max(1, math.ceil(math.log2(n_classes)))
     if needed > n_features:
-        raise ConfigError("n_features", f"{n_classes} classes need at least {needed} features, got {n_features}")
+        raise ConfigError(
+            "n_features", f"{n_classes} classes need at least {needed} features, got {n_features}"
+        )
     n_informative = min(n_features, max(needed, n_features // 2))
     x, y = make_classification(
         n_samples=n_samples,
@@ -148,10 +150,13 @@ def load_csv(path: str, label_column: str) -> RawDataset:
                     value = float(cell)
                 except ValueError:
                     raise ConfigError(
-                        "dataset", f"{path}:{line_number}: column {header[column]!r} is not a number: {cell!r}"
+                        "dataset",
+                        f"{path}:{line_number}: column {header[column]!r} is not a number: {cell!r}",
                     ) from None
                 if not math.isfinite(value):
-                    raise ConfigError("dataset", f"{path}:{line_number}: column {header[column]!r} is {cell!r}")
+                    raise ConfigError(
+                        "dataset", f"{path}:{line_number}: column {header[column]!r} is {cell!r}"
+                    )
                 values.append(value)
             rows.append(values)
             labels.append(row[label_index].strip())
@@ -159,7 +164,9 @@ def load_csv(path: str, label_column: str) -> RawDataset:
         raise ConfigError("dataset", f"{path} has no feature columns besides {label_column!r}")
     classes = _sorted_labels(set(labels))
     if len(classes) < 2:
-        raise ConfigError("dataset", f"{path} needs at least 2 classes in {label_column!r}, found {len(classes)}")
+        raise ConfigError(
+            "dataset", f"{path} needs at least 2 classes in {label_column!r}, found {len(classes)}"
+        )
     index = {label: i for i, label in enumerate(classes)}
     return RawDataset(
         name=f"csv:{os.path.basename(path)}",
@@ -216,7 +223,9 @@ def prepare_data(config: TrainerConfig, raw: RawDataset | None = None) -> Prepar
     if config.rfe_features:
         n_features = x_train.shape[1]
         if config.rfe_features > n_features:
-            raise ConfigError("rfe_features", f"{config.rfe_features} exceeds the {n_features} input features")
+            raise ConfigError(
+                "rfe_features", f"{config.rfe_features} exceeds the {n_features} input features"
+            )
         selector = RFE(
             LogisticRegression(max_iter=500),
             n_features_to_select=config.rfe_features,

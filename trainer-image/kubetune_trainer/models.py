@@ -31,8 +31,9 @@ def build_model(config: TrainerConfig, input_shape: tuple[int, ...], n_classes: 
     if config.model == "logistic":
         return nn.Sequential(nn.Flatten(), nn.Linear(n_inputs, n_classes))
     if config.model == "mlp":
-        return build_mlp(n_inputs, n_classes, config.hidden_layers, config.hidden_units, config.activation,
-                         config.dropout)
+        return build_mlp(
+            n_inputs, n_classes, config.hidden_layers, config.hidden_units, config.activation, config.dropout
+        )
     if config.model == "cnn":
         if len(input_shape) != 3:
             raise ConfigError(
@@ -41,8 +42,16 @@ def build_model(config: TrainerConfig, input_shape: tuple[int, ...], n_classes: 
                 f"got inputs of shape {input_shape}",
             )
         channels, height, width = input_shape
-        return SmallCNN(channels, height, width, n_classes, config.channels, config.hidden_units,
-                        config.activation, config.dropout)
+        return SmallCNN(
+            channels,
+            height,
+            width,
+            n_classes,
+            config.channels,
+            config.hidden_units,
+            config.activation,
+            config.dropout,
+        )
     raise ConfigError("model", f"unknown value {config.model!r}")  # unreachable: config validated
 
 

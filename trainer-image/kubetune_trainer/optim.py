@@ -46,7 +46,10 @@ def build_optimizer(config: TrainerConfig, parameters: Iterable[torch.nn.Paramet
     params = list(parameters)
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
             weight_decay=config.weight_decay,
         )
     if config.optimizer == "adam":

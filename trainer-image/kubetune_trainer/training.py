@@ -187,11 +187,11 @@ def train(
             total = loss.float() + config.l1 * l1_penalty(model) if config.l1 > 0 else loss.float()
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
-                scaler.scale(total).backward()
+                torch.autograd.backward(scaler.scale(total))
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                total.backward()
+                torch.autograd.backward(total)
                 optimizer.step()
             loss_sum += loss.detach().float() * batch.shape[0]
         train_loss = float(loss_sum.item()) / n_train  # .item() synchronises the device
@@ -216,12 +216,20 @@ def train(
             lr=lr,
             samples_per_second=n_train / train_seconds if train_seconds > 0 else 0.0,
             epoch_seconds=time.perf_counter() - started,
-            gpu_memory_bytes=float(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
+            gpu_memory_bytes=float(torch.cuda.max_memory_allocated(device))
+            if device.type == "cuda"
+            else None,
         )
         history.append(metrics)
         log.info(
             "epoch %d/%d train_loss=%.4f val_loss=%.4f val_accuracy=%.4f lr=%.3g samples/s=%.0f",
-            epoch, config.epochs, train_loss, val_loss, val_accuracy, lr, metrics.samples_per_second,
+            epoch,
+            config.epochs,
+            train_loss,
+            val_loss,
+            val_accuracy,
+            lr,
+            metrics.samples_per_second,
         )
         if on_epoch is not None:
             on_epoch(metrics)
@@ -267,9 +275,11 @@ def _build_augmenter(config: TrainerConfig, data: PreparedData, device: torch.de
     if data.image_shape is None:
         log.warning(
             "augment=%s ignored: %s has no image-shaped inputs (augmentation is for image data)",
-            config.augment, data.name,
+            config.augment,
+            data.name,
         )
         return None
     generator = torch.Generator(device=device).manual_seed(config.seed + 1)
-    return Augmenter(ops, config.augment_strength, config.augment_prob, data.image_shape, data.background,
-                     generator)
+    return Augmenter(
+        ops, config.augment_strength, config.augment_prob, data.image_shape, data.background, generator
+    )

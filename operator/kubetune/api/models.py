@@ -216,7 +216,7 @@ class Parameter(KubeModel):
             numbers = [v for v in self.values if isinstance(v, (int, float)) and not isinstance(v, bool)]
             if len(numbers) != len(self.values) or not all(math.isfinite(float(v)) for v in numbers):
                 raise ValueError(f"{where}: discrete values must be finite numbers")
-            if any(float(a) >= float(b) for a, b in zip(numbers, numbers[1:])):
+            if any(float(a) >= float(b) for a, b in zip(numbers, numbers[1:], strict=False)):
                 raise ValueError(f"{where}: discrete values must be in strictly increasing order")
         return self
 

@@ -330,7 +330,7 @@ def _counts(statuses: Sequence[TrialStatus]) -> TrialCounts:
 
 def _best(job: TuningJob, trials: Sequence[Trial], statuses: Sequence[TrialStatus]) -> BestTrial | None:
     best: BestTrial | None = None
-    for trial, status in zip(trials, statuses):
+    for trial, status in zip(trials, statuses, strict=True):
         if status.phase != TrialPhase.SUCCEEDED or status.objective is None:
             continue
         if best is None or job.spec.objective.is_better(status.objective, best.objective):
@@ -441,14 +441,13 @@ def plan(
     # Early stopping: running trials against everyone's curves.
     rule_on = spec.early_stopping.rule != EarlyStoppingRule.NONE
     if rule_on and observations.available and any(s.phase == TrialPhase.RUNNING for s in statuses):
-        history = [history_entry(t, s, live_curve(i)) for i, (t, s) in enumerate(zip(trials, statuses))]
+        history = [history_entry(t, s, live_curve(i)) for i, (t, s) in enumerate(zip(trials, statuses, strict=True))]
         for verdict in engine.stop(spec, history):
             if not 0 <= verdict.index < len(trials) or statuses[verdict.index].phase != TrialPhase.RUNNING:
                 continue
             _stop_trial(result, trials[verdict.index], statuses[verdict.index], pods_by_trial,
                         observations, now, "EarlyStopped",
-                        f"{verdict.rule}: {spec.objective.metric}={verdict.value:.6g} at {spec.early_stopping.resource} "
-                        f"{verdict.step:g}" + ("" if verdict.threshold is None else f", needed {verdict.threshold:.6g}"),
+                        _stop_message(spec, verdict),
                         EarlyStopDecision(rule=verdict.rule, step=verdict.step, value=verdict.value,
                                           threshold=verdict.threshold))
 
@@ -460,12 +459,11 @@ def plan(
     last_failure = f"{failures[-1].reason}: {failures[-1].message}" if failures else None
     finished = _finish_reason(job, counts, best, last_failure, start, now, exhausted=False)
 
-    history: list[dict[str, Any]] | None = None
     if finished is None and not spec.suspend:
         active = counts.pending + counts.running
         slots = min(spec.budget.parallelism - active, spec.budget.max_trials - counts.created)
         if slots > 0:
-            history = [history_entry(t, s, live_curve(i)) for i, (t, s) in enumerate(zip(trials, statuses))]
+            history = [history_entry(t, s, live_curve(i)) for i, (t, s) in enumerate(zip(trials, statuses, strict=True))]
             suggestions = engine.suggest(spec, history, slots)
             result.suggested = slots
             next_index = trials[-1].spec.index + 1 if trials else 0
@@ -473,8 +471,8 @@ def plan(
                 index = next_index + offset
                 manifest = build_trial(job, index, parameters)
                 name = manifest["metadata"]["name"]
-                pod = build_trial_pod(job, name, 1, parameters, trial_uid=None)
-                result.actions.append(CreateTrial(trial=manifest, pod=pod))
+                first_pod = build_trial_pod(job, name, 1, parameters, trial_uid=None)
+                result.actions.append(CreateTrial(trial=manifest, pod=first_pod))
                 result.actions.append(Event("TuningJob", job.metadata.name, "Normal", "TrialCreated",
                                             f"{name}: {parameters}"))
             counts.created += len(suggestions)
@@ -491,7 +489,7 @@ def plan(
         counts = _counts(statuses)
 
     # Trial status patches, only where something changed.
-    for trial, status in zip(trials, statuses):
+    for trial, status in zip(trials, statuses, strict=True):
         if status.to_wire() != trial.status.to_wire():
             result.actions.append(PatchTrialStatus(trial.metadata.name, status.to_wire()))
 
@@ -504,6 +502,13 @@ def plan(
 
     result.requeue_after = _requeue_after(job, counts, finished, start, now, settings)
     return result
+
+
+def _stop_message(spec: TuningJobSpec, verdict: StopVerdict) -> str:
+    message = (
+        f"{verdict.rule}: {spec.objective.metric}={verdict.value:.6g} at {spec.early_stopping.resource} {verdict.step:g}"
+    )
+    return message if verdict.threshold is None else f"{message}, needed {verdict.threshold:.6g}"
 
 
 def _stop_trial(

@@ -1,0 +1,21 @@
+"""The search engine: suggestions and early-stopping decisions as pure functions.
+
+No Kubernetes here: the operator passes a TuningJob `spec` and the trial
+history, and gets back parameter assignments or trials to stop. Nothing is
+kept between calls (every call rebuilds its model from the history) and the
+same inputs and seed give the same answer.
+
+- `suggest(spec, history, n)`: up to n new assignments; fewer means the space is exhausted.
+- `stop(spec, history)` / `stop_decisions(...)`: Running trials the early-stopping rule stops now.
+- `SearchError`: bad input (a `ValueError`).
+
+Algorithms: random, grid, bayesian (own Gaussian process), tpe (Optuna),
+cmaes (the `cmaes` library), evolution (own genetic algorithm) and auto
+(exhaustive for small finite spaces, then GP, then TPE; see `_engine`).
+"""
+
+from kubetune.search._engine import suggest
+from kubetune.search._errors import SearchError
+from kubetune.search._stopping import StopDecision, stop, stop_decisions
+
+__all__ = ["SearchError", "StopDecision", "stop", "stop_decisions", "suggest"]

@@ -1,0 +1,52 @@
+"""Operator settings: one documented class, read from the environment once at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Every knob of the operator, with its environment variable."""
+
+    # KUBETUNE_PROMETHEUS_URL: where trial metrics are queried; empty disables early stopping.
+    prometheus_url: str | None = None
+    # KUBETUNE_NAMESPACES: comma-separated namespaces to watch; empty means cluster-wide.
+    namespaces: tuple[str, ...] = ()
+    # KUBETUNE_WORKERS: TuningJobs reconciled at the same time.
+    workers: int = 4
+    # KUBETUNE_METRICS_POLL_SECONDS: how often running trials' curves are read for early stopping.
+    metrics_poll_seconds: float = 2.0
+    # KUBETUNE_RESYNC_SECONDS: safety-net reconcile of every unfinished job, in case an event was missed.
+    resync_seconds: float = 30.0
+    # KUBETUNE_OPERATOR_METRICS_PORT: the operator's own /metrics (0 disables).
+    metrics_port: int = 9102
+    # KUBETUNE_HEALTH_PORT: liveness/readiness endpoint (0 disables).
+    health_port: int = 8081
+    # KUBECONFIG is honoured by the client; in a pod the service-account token is used.
+    kubeconfig: str | None = field(default=None)
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        namespaces = tuple(n.strip() for n in os.environ.get("KUBETUNE_NAMESPACES", "").split(",") if n.strip())
+        return cls(
+            prometheus_url=os.environ.get("KUBETUNE_PROMETHEUS_URL") or None,
+            namespaces=namespaces,
+            workers=_env_int("KUBETUNE_WORKERS", cls.workers),
+            metrics_poll_seconds=_env_float("KUBETUNE_METRICS_POLL_SECONDS", cls.metrics_poll_seconds),
+            resync_seconds=_env_float("KUBETUNE_RESYNC_SECONDS", cls.resync_seconds),
+            metrics_port=_env_int("KUBETUNE_OPERATOR_METRICS_PORT", cls.metrics_port),
+            health_port=_env_int("KUBETUNE_HEALTH_PORT", cls.health_port),
+            kubeconfig=os.environ.get("KUBECONFIG") or None,
+        )

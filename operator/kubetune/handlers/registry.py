@@ -1,0 +1,123 @@
+"""Kopf wiring: indices (the watch caches) and thin event handlers that feed the Controller.
+
+No handler here decides anything: each one maps an event to the TuningJob it
+concerns and puts that job on the Controller's queue. Kopf holds every
+handler back until all indices are fully populated, so the first reconcile
+after a start (or a crash) already sees every existing Trial and pod, and
+never recreates one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kubetune.api import GROUP, VERSION
+from kubetune.controller import naming
+from kubetune.handlers.config import OperatorConfig
+from kubetune.handlers.runtime import Controller
+from kubetune.k8s.client import Credentials, KubeClient
+from kubetune.metrics.operator import OperatorMetrics
+
+FINALIZER = "kubetune.io/finalizer"
+CHILD_LABELS = {naming.LABEL_JOB: kopf.PRESENT}
+
+
+def _slim_pod(body: Any) -> dict[str, Any]:
+    """Only what the planner reads: keeps memory flat at thousands of pods."""
+    metadata = body.get("metadata") or {}
+    status = body.get("status") or {}
+    return {
+        "metadata": {
+            "name": metadata.get("name"),
+            "labels": dict(metadata.get("labels") or {}),
+            "deletionTimestamp": metadata.get("deletionTimestamp"),
+        },
+        "status": {
+            "phase": status.get("phase"),
+            "reason": status.get("reason"),
+            "message": status.get("message"),
+            "startTime": status.get("startTime"),
+            "containerStatuses": [
+                {"name": c.get("name"), "state": dict(c.get("state") or {})}
+                for c in status.get("containerStatuses") or []
+            ],
+        },
+    }
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": dict(body.get("metadata") or {}),
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def build_registry(
+    config: OperatorConfig, metrics: OperatorMetrics | None = None
+) -> kopf.OperatorRegistry:
+    """A fresh registry (tests run several operators; the default registry would leak handlers)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.io")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="kubetune.io", key="last-handled-configuration"
+        )
+        settings.posting.level = logging.WARNING  # our own Events say what happens; kopf's would be noise
+        settings.batching.batch_window = 0.01  # trial turnover waits on this window
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        client = KubeClient(Credentials.load(config.kubeconfig))
+        controller = Controller(config, client, metrics)
+        memo["controller"] = controller
+        await controller.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: Any, **_: Any) -> None:
+        controller: Controller | None = memo.get("controller")
+        if controller is not None:
+            await controller.stop()
+
+    @kopf.index(GROUP, VERSION, "tuningjobs", registry=registry)
+    def tuningjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, name): _plain(body)}
+
+    @kopf.index(GROUP, VERSION, "trials", labels=CHILD_LABELS, registry=registry)
+    def trials(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, labels[naming.LABEL_JOB]): _plain(body)}
+
+    @kopf.index("", "v1", "pods", labels=CHILD_LABELS, registry=registry)
+    def pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, labels[naming.LABEL_JOB]): _slim_pod(body)}
+
+    def controller_of(memo: Any, indices: dict[str, Any]) -> Controller:
+        controller: Controller = memo["controller"]
+        controller.attach(indices["tuningjobs"], indices["trials"], indices["pods"])
+        return controller
+
+    @kopf.on.event(GROUP, VERSION, "tuningjobs", registry=registry)
+    def tuningjob_event(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+        controller_of(memo, kwargs).enqueue((namespace or "", name))
+
+    @kopf.on.event(GROUP, VERSION, "trials", labels=CHILD_LABELS, registry=registry)
+    def trial_event(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
+        controller_of(memo, kwargs).enqueue((namespace or "", labels[naming.LABEL_JOB]))
+
+    @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, registry=registry)
+    def pod_event(
+        namespace: str | None, name: str, labels: kopf.Labels, status: kopf.Status, type: str, memo: Any,
+        **kwargs: Any,
+    ) -> None:
+        controller_of(memo, kwargs).pod_event(
+            (namespace or "", labels[naming.LABEL_JOB]), name, status.get("phase"), deleted=type == "DELETED"
+        )
+
+    return registry

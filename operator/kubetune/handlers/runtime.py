@@ -1,0 +1,309 @@
+"""The reconcile loop: a deduplicating work queue of TuningJobs fed by watch events.
+
+Every event on a TuningJob, one of its Trials or one of its pods puts the job's
+key on the queue; a worker reads the job, its trials and pods from Kopf's
+indices (the watch caches), computes a plan with pure code and applies it. A
+key is never reconciled by two workers at once, and a burst of events
+collapses into one reconcile, so the loop is event-driven and cheap. Timers
+(metrics polling for early stopping, deadlines, a periodic resync) only add
+keys to the same queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubetune.api import EarlyStoppingRule, Trial, TrialPhase, TuningJob, TuningJobStatus
+from kubetune.controller.engine import SearchEngine
+from kubetune.controller.observe import pod_view
+from kubetune.controller.planner import (
+    Engine,
+    Observations,
+    PatchTrialStatus,
+    PlannerSettings,
+    plan,
+    plan_invalid,
+)
+from kubetune.handlers.config import OperatorConfig
+from kubetune.k8s.apply import JobRef, PlanApplier
+from kubetune.k8s.client import KubeClient
+from kubetune.metrics.operator import OperatorMetrics
+from kubetune.metrics.prometheus import PrometheusClient, observe_trials
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, job name)
+FINAL_PHASES = {str(p) for p in (TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED)}
+EXPECTATION_SECONDS = 60.0
+
+
+def _first(store: Iterable[Any] | None) -> Any:
+    return next(iter(store), None) if store is not None else None
+
+
+class Controller:
+    """Owns the queue, the workers, the clients and the caches' references."""
+
+    def __init__(
+        self,
+        config: OperatorConfig,
+        client: KubeClient,
+        metrics: OperatorMetrics | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.applier = PlanApplier(client)
+        self.metrics = metrics or OperatorMetrics()
+        self.engine: Engine = engine or SearchEngine()
+        self.prometheus = PrometheusClient(config.prometheus_url) if config.prometheus_url else None
+        self.planner_settings = PlannerSettings(metrics_poll_seconds=config.metrics_poll_seconds)
+        # Kopf's live indices, attached by the first handler call.
+        self.jobs: Mapping[Key, Any] = {}
+        self.trials: Mapping[Key, Any] = {}
+        self.pods: Mapping[Key, Any] = {}
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._active: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._failures: dict[Key, int] = {}
+        self._expected: dict[Key, dict[str, float]] = {}
+        self._terminal_seen: dict[Key, float] = {}
+        self._seen_terminal_pods: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.reconciles = 0
+        self._requests_counted = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def attach(self, jobs: Mapping[Key, Any], trials: Mapping[Key, Any], pods: Mapping[Key, Any]) -> None:
+        self.jobs, self.trials, self.pods = jobs, trials, pods
+
+    async def start(self) -> None:
+        for number in range(self.config.workers):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"kubetune-worker-{number}"))
+        self._tasks.append(asyncio.create_task(self._resync(), name="kubetune-resync"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for timer in self._timers.values():
+            timer.cancel()
+        await self.client.close()
+        if self.prometheus is not None:
+            await self.prometheus.close()
+
+    # ------------------------------------------------------------------ queue
+
+    def enqueue(self, key: Key) -> None:
+        if key in self._active:
+            self._dirty.add(key)  # reconcile again once the current pass ends
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+        self.metrics.queue_depth.set(len(self._queued))
+
+    def enqueue_after(self, key: Key, delay: float) -> None:
+        timer = self._timers.get(key)
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        if timer is not None and not timer.cancelled() and timer.when() <= due:
+            return  # an earlier wake-up is already set
+        if timer is not None:
+            timer.cancel()
+        self._timers[key] = loop.call_at(due, self.enqueue, key)
+
+    def pod_event(self, key: Key, name: str, phase: str | None, deleted: bool = False) -> None:
+        """Remember when a pod was first seen finished: the start of trial turnover."""
+        if deleted:
+            self._seen_terminal_pods.discard(name)
+        elif phase in ("Succeeded", "Failed") and name not in self._seen_terminal_pods:
+            self._seen_terminal_pods.add(name)
+            self._terminal_seen.setdefault(key, time.monotonic())
+        self.enqueue(key)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._active.add(key)
+            try:
+                await self._reconcile_guarded(key)
+            finally:
+                self._active.discard(key)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.enqueue(key)
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            for key, store in list(self.jobs.items()):
+                body = _first(store)
+                if body is not None and (body.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+                    self.enqueue(key)
+
+    async def _reconcile_guarded(self, key: Key) -> None:
+        started = time.monotonic()
+        try:
+            await self.reconcile(key)
+            self._failures.pop(key, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # one job's failure must not stop the others
+            failures = self._failures.get(key, 0) + 1
+            self._failures[key] = failures
+            delay = min(60.0, 0.5 * 2 ** min(failures, 7))
+            self.metrics.reconcile_errors.labels(type(error).__name__).inc()
+            logger.exception("reconcile of %s/%s failed (retry in %.1fs)", *key, delay)
+            self.enqueue_after(key, delay)
+        finally:
+            self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+            self.reconciles += 1
+
+    # ------------------------------------------------------------------ reconcile
+
+    def _expected_pods(self, key: Key, present: set[str]) -> frozenset[str]:
+        now = time.monotonic()
+        expected = self._expected.get(key, {})
+        for name in [n for n, deadline in expected.items() if n in present or deadline < now]:
+            del expected[name]
+        return frozenset(expected)
+
+    async def reconcile(self, key: Key) -> None:
+        namespace, name = key
+        body = _first(self.jobs.get(key))
+        if body is None:
+            self._forget(key)
+            return
+        now = datetime.now(UTC)
+        metadata = body.get("metadata") or {}
+        old_status: dict[str, Any] = dict(body.get("status") or {})
+        ref = JobRef(namespace=namespace, name=name, uid=metadata.get("uid", ""))
+        try:
+            job = TuningJob.model_validate(body)
+        except ValidationError as error:
+            try:
+                current = TuningJobStatus.model_validate(old_status)
+            except ValidationError:
+                current = TuningJobStatus()
+            invalid = plan_invalid(name, current, metadata.get("generation"), _validation_message(error), now)
+            await self.applier.apply(ref, invalid, lambda _: {}, lambda _: None, old_status)
+            return
+
+        trials: list[Trial] = []
+        raw_trials: dict[str, dict[str, Any]] = {}
+        for raw in self.trials.get(key, ()):
+            try:
+                trial = Trial.model_validate(raw)
+            except ValidationError as error:
+                logger.warning("ignoring malformed Trial %s/%s: %s", namespace, raw.get("metadata", {}).get("name"),
+                               error)
+                continue
+            trials.append(trial)
+            raw_trials[trial.metadata.name] = raw
+        primary = job.spec.trial_template.primary_container_name
+        pods = [v for v in (pod_view(p, primary) for p in self.pods.get(key, ())) if v is not None]
+        expected = self._expected_pods(key, {p.name for p in pods})
+
+        observations = await self._observe(job, trials, pods)
+        if observations.problem is not None:
+            self.metrics.prometheus_errors.labels(observations.problem[0]).inc()
+
+        suggest_started = time.monotonic()
+        result = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: plan(job, trials, pods, observations, now, self.engine, expected, self.planner_settings)
+        )
+        if result.suggested:
+            self.metrics.suggestion_seconds.observe(time.monotonic() - suggest_started)
+
+        applied = await self.applier.apply(
+            ref,
+            result,
+            lambda trial: dict(raw_trials.get(trial, {}).get("status") or {}),
+            lambda trial: (raw_trials.get(trial, {}).get("metadata") or {}).get("uid"),
+            old_status,
+        )
+        deadline = time.monotonic() + EXPECTATION_SECONDS
+        self._expected.setdefault(key, {}).update({pod: deadline for pod in applied.created_pods})
+        self._record_metrics(key, job, result, raw_trials, applied.created_trials)
+        if result.requeue_after is not None:
+            self.enqueue_after(key, result.requeue_after)
+        if applied.errors:
+            raise RuntimeError(f"{len(applied.errors)} API call(s) failed; first: {applied.errors[0]}")
+
+    async def _observe(self, job: TuningJob, trials: list[Trial], pods: list[Any]) -> Observations:
+        """Prometheus is asked only when a decision needs it: early stopping, or a pod that just finished."""
+        unfinished = [t.metadata.name for t in trials if str(t.status.phase) not in FINAL_PHASES]
+        if not unfinished or self.prometheus is None and job.spec.early_stopping.rule == EarlyStoppingRule.NONE:
+            return Observations()
+        wants_curves = job.spec.early_stopping.rule != EarlyStoppingRule.NONE or job.spec.objective.promql
+        just_finished = {p.trial for p in pods if p.terminal and p.trial in unfinished}
+        if not wants_curves and not just_finished:
+            return Observations()
+        return await observe_trials(
+            self.prometheus,
+            job.metadata.namespace or "",
+            job.metadata.name,
+            unfinished,
+            job.spec.objective.metric,
+            job.spec.objective.promql,
+        )
+
+    def _record_metrics(
+        self, key: Key, job: TuningJob, result: Any, raw_trials: dict[str, dict[str, Any]], created: int
+    ) -> None:
+        namespace, name = key
+        if created:
+            self.metrics.trials_created.labels(namespace, name).inc(created)
+            seen = self._terminal_seen.pop(key, None)
+            if seen is not None:
+                self.metrics.turnover_seconds.observe(time.monotonic() - seen)
+        for action in result.actions:
+            if isinstance(action, PatchTrialStatus):
+                old = (raw_trials.get(action.trial, {}).get("status") or {}).get("phase")
+                new = action.status.get("phase")
+                if new in FINAL_PHASES and old not in FINAL_PHASES:
+                    self.metrics.trials_finished.labels(namespace, name, new).inc()
+        status = result.status or job.status
+        self.metrics.trials_running.labels(namespace, name).set(status.counts.running)
+        self.metrics.trials_pending.labels(namespace, name).set(status.counts.pending)
+        if status.best_trial is not None:
+            self.metrics.best_objective.labels(namespace, name).set(status.best_trial.objective)
+        for phase in ("Pending", "Running", "Suspended", "Succeeded", "Failed"):
+            self.metrics.job_phase.labels(namespace, name, phase).set(1.0 if str(status.phase) == phase else 0.0)
+        sent = self.client.requests_total
+        self.metrics.api_requests.inc(sent - self._requests_counted)
+        self._requests_counted = sent
+
+    def _forget(self, key: Key) -> None:
+        namespace, name = key
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._expected.pop(key, None)
+        self._terminal_seen.pop(key, None)
+        self._failures.pop(key, None)
+        for gauge in (self.metrics.trials_running, self.metrics.trials_pending, self.metrics.best_objective):
+            try:
+                gauge.remove(namespace, name)
+            except KeyError:
+                pass
+
+
+def _validation_message(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        location = ".".join(str(p) for p in item["loc"])
+        parts.append(f"{location}: {item['msg']}")
+    return "; ".join(parts)

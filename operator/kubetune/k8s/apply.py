@@ -1,0 +1,184 @@
+"""Carry out a plan against the API server, idempotently.
+
+Order matters for crash safety: pods are created before the Trial status that
+counts them is written (a crash in between is recovered from the pod itself),
+and a trial is marked stopped before its pod is deleted (a crash in between
+leaves a final trial whose pod the next reconcile deletes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kubetune.api import API_VERSION, GROUP, VERSION
+from kubetune.controller.planner import CreatePod, CreateTrial, DeletePod, Event, PatchTrialStatus, Plan
+from kubetune.controller.templates import owner_reference
+from kubetune.k8s.client import AlreadyExists, ApiError, Json, KubeClient, NotFound, resource_path
+
+logger = logging.getLogger(__name__)
+
+# Trials of one wave are created concurrently, but not all 1,000 at once.
+MAX_CONCURRENT_WRITES = 16
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch turning `old` into `new` (None where a key goes away)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return copy.deepcopy(new)
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = copy.deepcopy(value)
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value)
+    return patch
+
+
+@dataclass
+class JobRef:
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass
+class ApplyResult:
+    created_pods: list[str] = field(default_factory=list)
+    created_trials: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def trials_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+    return resource_path(GROUP, VERSION, "trials", namespace, name, subresource)
+
+
+def tuningjobs_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+    return resource_path(GROUP, VERSION, "tuningjobs", namespace, name, subresource)
+
+
+def pods_path(namespace: str, name: str | None = None) -> str:
+    return resource_path("", "v1", "pods", namespace, name)
+
+
+class PlanApplier:
+    """Applies plans with one client; `trial_uids` resolves Trial names for events and owner references."""
+
+    def __init__(self, client: KubeClient, component: str = "kubetune-operator") -> None:
+        self.client = client
+        self.component = component
+        self.instance = socket.gethostname()
+        self._writes = asyncio.Semaphore(MAX_CONCURRENT_WRITES)
+
+    async def apply(
+        self,
+        job: JobRef,
+        plan: Plan,
+        old_trial_status: Callable[[str], Json],
+        trial_uid: Callable[[str], str | None],
+        old_job_status: Json,
+    ) -> ApplyResult:
+        result = ApplyResult()
+        uids: dict[str, str] = {}
+
+        async def guarded(coroutine: Any) -> None:
+            async with self._writes:
+                try:
+                    await coroutine
+                except ApiError as error:
+                    result.errors.append(str(error))
+                    logger.warning("%s/%s: %s", job.namespace, job.name, error)
+
+        # 1. New trials and their first pods, then retries' pods.
+        await asyncio.gather(*(guarded(self._create_trial(job, a, uids, result)) for a in plan.of_type(CreateTrial)))
+        await asyncio.gather(*(guarded(self._create_pod(job, a.pod, result)) for a in plan.of_type(CreatePod)))
+        # 2. Trial statuses (after the pods they count exist).
+        await asyncio.gather(
+            *(guarded(self._patch_trial(job, a, old_trial_status(a.trial))) for a in plan.of_type(PatchTrialStatus))
+        )
+        # 3. Pods of stopped trials.
+        await asyncio.gather(*(guarded(self._delete_pod(job, a)) for a in plan.of_type(DeletePod)))
+        # 4. The job's status.
+        if plan.status is not None:
+            patch = merge_patch(old_job_status, plan.status.to_wire())
+            if patch:
+                await guarded(self.client.merge_patch(tuningjobs_path(job.namespace, job.name, "status"),
+                                                      {"status": patch}))
+        # 5. Events last: they are for people, not for correctness.
+        await asyncio.gather(
+            *(guarded(self._event(job, a, uids.get(a.name) or trial_uid(a.name))) for a in plan.of_type(Event))
+        )
+        return result
+
+    async def _create_trial(self, job: JobRef, action: CreateTrial, uids: dict[str, str], result: ApplyResult) -> None:
+        name = action.trial["metadata"]["name"]
+        try:
+            created = await self.client.create(trials_path(job.namespace), action.trial)
+            result.created_trials += 1
+        except AlreadyExists:
+            # A stale cache or a restart: the Trial of this index exists; keep it, never duplicate.
+            created = await self.client.get(trials_path(job.namespace, name))
+        uid = created["metadata"]["uid"]
+        uids[name] = uid
+        pod = copy.deepcopy(action.pod)
+        pod["metadata"]["ownerReferences"] = [owner_reference(API_VERSION, "Trial", name, uid)]
+        if created.get("spec", {}).get("parameters") != action.trial["spec"]["parameters"]:
+            return  # the existing Trial has other parameters; the next reconcile builds its pod from them
+        await self._create_pod(job, pod, result)
+        status = {"phase": "Pending", "attempts": 1}
+        await self.client.merge_patch(trials_path(job.namespace, name, "status"), {"status": status})
+
+    async def _create_pod(self, job: JobRef, pod: Json, result: ApplyResult) -> None:
+        try:
+            await self.client.create(pods_path(job.namespace), pod)
+        except AlreadyExists:
+            pass
+        result.created_pods.append(pod["metadata"]["name"])
+
+    async def _patch_trial(self, job: JobRef, action: PatchTrialStatus, old: Json) -> None:
+        patch = merge_patch(old, action.status)
+        if patch:
+            try:
+                await self.client.merge_patch(trials_path(job.namespace, action.trial, "status"), {"status": patch})
+            except NotFound:
+                pass  # deleted meanwhile
+
+    async def _delete_pod(self, job: JobRef, action: DeletePod) -> None:
+        try:
+            await self.client.delete(pods_path(job.namespace, action.name), propagation="Background")
+        except NotFound:
+            pass
+
+    async def _event(self, job: JobRef, action: Event, trial_uid: str | None) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if action.kind == "Trial":
+            involved = {"apiVersion": API_VERSION, "kind": "Trial", "name": action.name, "namespace": job.namespace}
+            if trial_uid:
+                involved["uid"] = trial_uid
+        else:
+            involved = {"apiVersion": API_VERSION, "kind": "TuningJob", "name": job.name,
+                        "namespace": job.namespace, "uid": job.uid}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": job.namespace},
+            "involvedObject": involved,
+            "reason": action.reason,
+            "message": action.message[:1024],
+            "type": action.type,
+            "source": {"component": self.component},
+            "reportingComponent": self.component,
+            "reportingInstance": self.instance,
+            "firstTimestamp": now[:19] + "Z",
+            "lastTimestamp": now[:19] + "Z",
+            "count": 1,
+        }
+        await self.client.create(resource_path("", "v1", "events", job.namespace), body)

@@ -1,0 +1,61 @@
+"""What a sampler sees: the space, the validated history, seeds, and the wave being built."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from kubetune.api.models import TuningJobSpec
+from kubetune.search._history import Observation
+from kubetune.search._space import Assignment, Key, Space
+
+
+def _salt(part: int | str) -> int:
+    return zlib.crc32(part.encode()) if isinstance(part, str) else int(part) & 0xFFFFFFFF
+
+
+@dataclass
+class Context:
+    """Inputs of one `suggest` call. Samplers read it; the wave filler updates `taken`/`accepted`."""
+
+    spec: TuningJobSpec
+    space: Space
+    observations: list[Observation]
+    taken: set[Key] = field(default_factory=set)
+    accepted: list[Assignment] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.taken.update(o.key for o in self.observations if o.key is not None)
+
+    @property
+    def seed(self) -> int:
+        return self.spec.algorithm.seed or 0
+
+    def seed_for(self, *parts: int | str) -> int:
+        """A 32-bit seed from the job's seed, the history length and `parts`.
+
+        Including the history length makes every call draw fresh numbers while
+        staying a pure function of (spec, history).
+        """
+        words = [self.seed, len(self.observations), *(_salt(p) for p in parts)]
+        return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+    def rng(self, *parts: int | str) -> np.random.Generator:
+        return np.random.default_rng(self.seed_for(*parts))
+
+    @cached_property
+    def usable(self) -> list[Observation]:
+        """Finished trials with a finite value at a point of the space, in trial order."""
+        return [o for o in self.observations if o.usable]
+
+    @cached_property
+    def pending(self) -> list[Observation]:
+        """Pending or Running trials at points of the space (their values are still coming)."""
+        return [o for o in self.observations if o.pending and o.parameters is not None]
+
+    def in_flight(self) -> list[Assignment]:
+        """Points whose values are unknown: pending history plus this wave so far."""
+        return [o.parameters for o in self.pending if o.parameters is not None] + list(self.accepted)

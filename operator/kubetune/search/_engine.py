@@ -1,0 +1,146 @@
+"""`suggest`: pick the sampler, then fill the wave with distinct, valid, untried points."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from kubetune.api.models import AlgorithmName, BayesianSettings, TPESettings, TuningJobSpec
+from kubetune.search._basic import enumerate_untried, propose_exhaustive, propose_grid, propose_random
+from kubetune.search._context import Context
+from kubetune.search._errors import SearchError
+from kubetune.search._history import parse_history
+from kubetune.search._space import Assignment, Space, load_spec
+
+log = logging.getLogger(__name__)
+
+# `auto`: a Gaussian process while it is cheap and strong (small budgets, few
+# parameters), TPE once the history is long or the space wide.
+AUTO_GP_MAX_TRIALS = 200
+AUTO_GP_MAX_DIMENSIONS = 24
+AUTO_GP_STARTUP = 10
+AUTO_TPE = TPESettings(n_startup_trials=10, n_ei_candidates=24, multivariate=True)
+
+
+def choose_algorithm(ctx: Context) -> str:
+    """The sampler a call uses: the spec's algorithm, or what `auto` picks for this space and history.
+
+    `auto`: "exhaustive" when the space is finite and the budget covers every
+    point; "bayesian" up to AUTO_GP_MAX_TRIALS usable trials on spaces of at
+    most AUTO_GP_MAX_DIMENSIONS parameters; "tpe" otherwise.
+    """
+    name = AlgorithmName(ctx.spec.algorithm.name)
+    if name != AlgorithmName.AUTO:
+        return name.value
+    size = ctx.space.size
+    if size is not None and size <= ctx.spec.budget.max_trials:
+        return "exhaustive"
+    if len(ctx.usable) < AUTO_GP_MAX_TRIALS and len(ctx.space) <= AUTO_GP_MAX_DIMENSIONS:
+        return "bayesian"
+    return "tpe"
+
+
+def _proposer(ctx: Context, name: str) -> Iterator[Assignment]:
+    auto = ctx.spec.algorithm.name == AlgorithmName.AUTO
+    if name == "random":
+        return propose_random(ctx)
+    if name == "grid":
+        return propose_grid(ctx)
+    if name == "exhaustive":
+        return propose_exhaustive(ctx)
+    if name == "bayesian":
+        from kubetune.search._gp import GPOptions, propose_gp
+
+        if auto:
+            return propose_gp(ctx, GPOptions(n_startup_trials=AUTO_GP_STARTUP))
+        settings = ctx.spec.algorithm.bayesian or BayesianSettings()
+        return propose_gp(ctx, GPOptions(settings.n_startup_trials, settings.acquisition))
+    if name == "tpe":
+        from kubetune.search._tpe import propose_tpe
+
+        return propose_tpe(ctx, AUTO_TPE if auto else None)
+    if name == "cmaes":
+        from kubetune.search._cmaes import propose_cmaes
+
+        return propose_cmaes(ctx)
+    if name == "evolution":
+        from kubetune.search._evolution import propose_evolution
+
+        return propose_evolution(ctx)
+    raise SearchError(f"unknown algorithm {name!r}")  # pragma: no cover - the model rejects it first
+
+
+def _offer(ctx: Context, candidate: Assignment) -> None:
+    canonical = ctx.space.canonical(candidate)
+    if canonical is None:  # a sampler bug: never hand out a point outside the space
+        log.warning("search: dropped a suggestion outside the space: %r", candidate)
+        return
+    key = ctx.space.key(canonical)
+    if key not in ctx.taken:
+        ctx.taken.add(key)
+        ctx.accepted.append(canonical)
+
+
+def fill_wave(ctx: Context, proposer: Iterator[Assignment], n: int, *, fallback: bool) -> list[Assignment]:
+    """Take up to n distinct untried points from `proposer`; top up from the rest of the space.
+
+    A sampler gets 4n + 20 draws. With `fallback`, a finite space is then
+    walked point by point (so the result is short only when every point was
+    tried) and a continuous one sampled at random.
+    """
+    attempts = 4 * n + 20
+    for _ in range(attempts):
+        if len(ctx.accepted) >= n:
+            break
+        candidate = next(proposer, None)
+        if candidate is None:
+            break
+        _offer(ctx, candidate)
+    if fallback and len(ctx.accepted) < n:
+        rest = (
+            enumerate_untried(ctx, ctx.space.natural_points) if ctx.space.size is not None else _random(ctx)
+        )
+        for candidate in rest:
+            if len(ctx.accepted) >= n:
+                break
+            _offer(ctx, candidate)
+    return list(ctx.accepted)
+
+
+def _random(ctx: Context) -> Iterator[Assignment]:
+    rng = ctx.rng("fallback")
+    for _ in range(1000 + 100 * len(ctx.observations)):
+        yield ctx.space.sample(rng)
+
+
+def suggest(spec: Mapping[str, Any] | TuningJobSpec, history: object, n: int) -> list[Assignment]:
+    """Up to `n` new parameter assignments for a TuningJob, given its trial history.
+
+    `spec`: the TuningJob's `spec` (camelCase mapping, as in the manifest) or a
+    `TuningJobSpec`. `history`: one mapping per trial in trial-index order,
+    `{"parameters": {...}, "state": "Pending"|"Running"|"Succeeded"|"Failed"|
+    "EarlyStopped", "objective": float|None, "intermediate": [[resource, value], ...]}`
+    (`objective` and `intermediate` optional).
+
+    Returns distinct assignments (name -> value; int parameters as int, float
+    as float, categorical as str, discrete as one of its values), each inside
+    the bounds, on the step/log grid, with a conditional parameter present iff
+    its parent took one of `when.values`, and none equal to a point already in
+    the history (Failed and still-running trials included). Pure and
+    deterministic: the same (spec, history, n) and seed give the same answer.
+
+    A list shorter than `n` (possibly empty) means the space is exhausted: the
+    grid is done, or every point of a finite space has been tried. n <= 0
+    gives []. Bad input raises `SearchError`.
+    """
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise SearchError(f"n must be an integer, got {n!r}")
+    job = load_spec(spec)
+    space = Space.from_spec(job)
+    observations = parse_history(space, job.objective.goal, history)
+    if n <= 0:
+        return []
+    ctx = Context(job, space, observations)
+    name = choose_algorithm(ctx)
+    return fill_wave(ctx, _proposer(ctx, name), n, fallback=name != "grid")

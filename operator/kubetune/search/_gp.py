@@ -1,0 +1,298 @@
+"""Bayesian optimisation with a Gaussian process (numpy/scipy only).
+
+Model: a Matern 5/2 kernel with one lengthscale per parameter on the unit
+encoding of `Space` (log-scaled parameters are already linear there);
+categorical parameters contribute a Hamming distance (0 or 1, scaled by their
+own lengthscale), so no one-hot columns are needed. Inactive conditional
+parameters sit at a fixed coordinate. Hyperparameters (inverse squared
+lengthscales, amplitude, noise) are the MAP estimate under Optuna GPSampler's
+priors, found by L-BFGS-B from a fixed start with analytic gradients, so a
+call is deterministic.
+
+Targets: losses are rank-preserving warped (see `_warp`) then standardised.
+Acquisition: log expected improvement (or UCB / PI), maximised over random
+candidates, perturbations of the best observed points and a few rounds of
+shrinking local search around the best candidates, all snapped to
+representable values.
+
+Waves: each pick is added back as a "Kriging believer" (its value is set to
+the posterior mean, hyperparameters kept), and Pending/Running trials are
+added the same way first, so parallel suggestions spread out.
+
+Training set: at most `MAX_TRAINING_POINTS` observations (the best half by
+loss plus the most recent ones), so a suggestion stays well under a second
+however long the history grows; cost is O(n^3) in that number.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg, optimize, special
+
+from kubetune.search._context import Context
+from kubetune.search._history import Observation
+from kubetune.search._space import Assignment, FloatArray, Space
+
+MAX_TRAINING_POINTS = 200
+_SQRT5 = math.sqrt(5.0)
+_JITTER = 1e-9
+_MIN_NOISE = 1e-6
+_LOG_BOUNDS_W = (math.log(1e-4), math.log(1e4))
+_LOG_BOUNDS_AMP = (math.log(1e-2), math.log(1e2))
+_LOG_BOUNDS_NOISE = (math.log(_MIN_NOISE), math.log(1.0))
+
+
+@dataclass(frozen=True)
+class GPOptions:
+    n_startup_trials: int = 10
+    acquisition: str = "ei"
+
+
+def _matern(s: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Matern 5/2 as a function of the squared scaled distance s, and its derivative d/ds."""
+    r = np.sqrt(s)
+    e = np.exp(-_SQRT5 * r)
+    value = (1.0 + _SQRT5 * r + (5.0 / 3.0) * s) * e
+    derivative = -(5.0 / 6.0) * (1.0 + _SQRT5 * r) * e
+    return value, derivative
+
+
+def _scaled_sqdist(a: FloatArray, b: FloatArray, w: FloatArray, categorical: np.ndarray) -> FloatArray:
+    """sum_d w_d * delta_d(a, b)^2 for every pair of rows; delta is Hamming on categorical columns."""
+    numeric = ~categorical
+    sw = np.sqrt(w[numeric])
+    an, bn = a[:, numeric] * sw, b[:, numeric] * sw
+    s = (an * an).sum(1)[:, None] + (bn * bn).sum(1)[None, :] - 2.0 * an @ bn.T
+    np.maximum(s, 0.0, out=s)
+    for d in np.flatnonzero(categorical):
+        s += w[d] * (a[:, d][:, None] != b[:, d][None, :])
+    return s
+
+
+class GaussianProcess:
+    """A fitted GP on encoded rows; `condition` adds points with fixed hyperparameters."""
+
+    def __init__(self, x: FloatArray, y: FloatArray, categorical: np.ndarray) -> None:
+        self.categorical = categorical
+        self.w, self.amplitude, self.noise = _fit(x, y, categorical)
+        self.x = x
+        self.y = y
+        self._factorise()
+
+    def _factorise(self) -> None:
+        s = _scaled_sqdist(self.x, self.x, self.w, self.categorical)
+        k = self.amplitude * _matern(s)[0]
+        k[np.diag_indices_from(k)] += self.noise + _JITTER
+        self.chol = linalg.cholesky(k, lower=True, check_finite=False)
+        self.alpha = linalg.cho_solve((self.chol, True), self.y, check_finite=False)
+
+    def predict(self, rows: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Posterior mean and standard deviation of the latent function."""
+        k = self.amplitude * _matern(_scaled_sqdist(rows, self.x, self.w, self.categorical))[0]
+        mean = k @ self.alpha
+        v = linalg.solve_triangular(self.chol, k.T, lower=True, check_finite=False)
+        variance = np.maximum(self.amplitude - (v * v).sum(0), 1e-12)
+        return mean, np.sqrt(variance)
+
+    def condition(self, rows: FloatArray) -> None:
+        """Kriging believer: add `rows` with their posterior mean as value."""
+        if len(rows) == 0:
+            return
+        mean, _ = self.predict(rows)
+        self.x = np.vstack([self.x, rows])
+        self.y = np.concatenate([self.y, mean])
+        self._factorise()
+
+
+def _fit(x: FloatArray, y: FloatArray, categorical: np.ndarray) -> tuple[FloatArray, float, float]:
+    """MAP kernel hyperparameters (Optuna GPSampler's priors) by L-BFGS-B."""
+    n, dims = x.shape
+    deltas = np.empty((dims, n, n))
+    for d in range(dims):
+        column = x[:, d]
+        if categorical[d]:
+            deltas[d] = column[:, None] != column[None, :]
+        else:
+            deltas[d] = (column[:, None] - column[None, :]) ** 2
+    eye = np.eye(n)
+    half_log_2pi = 0.5 * n * math.log(2 * math.pi)
+
+    def objective(theta: FloatArray) -> tuple[float, FloatArray]:
+        w = np.exp(theta[:dims])
+        amplitude, noise = math.exp(theta[dims]), math.exp(theta[dims + 1])
+        s = np.tensordot(w, deltas, axes=1)
+        m, dm = _matern(s)
+        k = amplitude * m + (noise + _JITTER) * eye
+        try:
+            chol = linalg.cholesky(k, lower=True, check_finite=False)
+        except linalg.LinAlgError:
+            return 1e25, np.zeros_like(theta)
+        alpha = linalg.cho_solve((chol, True), y, check_finite=False)
+        k_inv = linalg.cho_solve((chol, True), eye, check_finite=False)
+        nll = 0.5 * float(y @ alpha) + float(np.log(np.diag(chol)).sum()) + half_log_2pi
+        big_w = k_inv - np.outer(alpha, alpha)
+        grad = np.empty_like(theta)
+        grad[:dims] = 0.5 * amplitude * w * np.einsum("ij,dij->d", big_w * dm, deltas)
+        grad[dims] = 0.5 * amplitude * float((big_w * m).sum())
+        grad[dims + 1] = 0.5 * noise * float(np.trace(big_w))
+        log_prior = float(-(0.1 / w + 0.1 * w).sum()) + (math.log(amplitude) - amplitude)
+        log_prior += 0.1 * math.log(noise) - 30.0 * noise
+        grad[:dims] -= 0.1 / w - 0.1 * w
+        grad[dims] -= 1.0 - amplitude
+        grad[dims + 1] -= 0.1 - 30.0 * noise
+        return nll - log_prior, grad
+
+    start = np.concatenate([np.zeros(dims), [0.0, math.log(0.01)]])
+    bounds = [_LOG_BOUNDS_W] * dims + [_LOG_BOUNDS_AMP, _LOG_BOUNDS_NOISE]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = optimize.minimize(
+            objective, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 200}
+        )
+    theta = result.x if np.all(np.isfinite(result.x)) else start
+    return np.exp(theta[:dims]), math.exp(theta[dims]), math.exp(theta[dims + 1])
+
+
+def _log_h(z: FloatArray) -> FloatArray:
+    """log(phi(z) + z * Phi(z)), stable for very negative z (log EI = log sigma + log_h)."""
+    out = np.empty_like(z)
+    upper = z > -1.0
+    zu = z[upper]
+    out[upper] = np.log(np.exp(-0.5 * zu * zu) / math.sqrt(2 * math.pi) + zu * special.ndtr(zu))
+    zl = np.maximum(z[~upper], -1e6)
+    ratio = math.sqrt(math.pi / 2) * special.erfcx(-zl / math.sqrt(2))  # Phi(z) / phi(z)
+    out[~upper] = -0.5 * zl * zl - 0.5 * math.log(2 * math.pi) + np.log1p(np.maximum(zl * ratio, -1 + 1e-300))
+    return out
+
+
+def _acquisition(gp: GaussianProcess, kind: str, best: float, dims: int) -> Callable[[FloatArray], FloatArray]:
+    """Higher is better; `best` is the smallest standardised loss observed."""
+
+    def score(rows: FloatArray) -> FloatArray:
+        mean, std = gp.predict(rows)
+        if kind == "ucb":
+            beta = math.sqrt(0.2 * dims * math.log(2.0 * max(len(gp.y), 2)))
+            return -(mean - beta * std)
+        z = (best - mean) / std
+        if kind == "pi":
+            return np.asarray(special.log_ndtr(z))
+        return np.log(std) + _log_h(z)
+
+    return score
+
+
+def _warp(losses: FloatArray) -> FloatArray:
+    """Standardised targets; heavy right tails (a few terrible trials) are log-compressed first."""
+    y = losses - losses.min()
+    spread = np.median(y)
+    if spread > 0 and y.max() > 20 * spread:  # skewed: compress so the good region gets resolution
+        y = np.log1p(y / spread)
+    std = y.std()
+    return (y - y.mean()) / (std if std > 0 else 1.0)
+
+
+def _training_set(usable: list[Observation]) -> list[Observation]:
+    if len(usable) <= MAX_TRAINING_POINTS:
+        return usable
+    by_loss = sorted(usable, key=lambda o: (o.loss, o.index))
+    chosen = {o.index for o in by_loss[: MAX_TRAINING_POINTS // 2]}
+    for o in reversed(usable):
+        if len(chosen) >= MAX_TRAINING_POINTS:
+            break
+        chosen.add(o.index)
+    return [o for o in usable if o.index in chosen]
+
+
+def _maximise(
+    space: Space, score: Callable[[FloatArray], FloatArray], anchors: FloatArray, rng: np.random.Generator
+) -> FloatArray:
+    """Rows sorted by decreasing acquisition: random + around anchors, then local refinement."""
+    dims = len(space)
+    numeric = ~space.categorical_mask
+    flip = min(0.5, 1.0 / max(dims, 1))
+
+    def perturb(base: FloatArray, count: int, sigma: float) -> FloatArray:
+        rows = np.repeat(base, count, axis=0)
+        rows[:, numeric] += rng.normal(0.0, sigma, (len(rows), int(numeric.sum())))
+        for d in np.flatnonzero(space.categorical_mask):
+            change = rng.random(len(rows)) < flip
+            rows[change, d] = rng.integers(0, len(space.dimensions[d].values), int(change.sum()))
+        return space.repair(rows, rng)
+
+    pools = [space.random_rows(rng, 1000)]
+    if len(anchors):
+        pools.append(perturb(anchors, max(1, 300 // len(anchors)), 0.1))
+    pool = np.vstack(pools)
+    values = score(pool)
+    order = np.argsort(-values, kind="stable")
+    starts, start_values = pool[order[:8]].copy(), values[order[:8]].copy()
+    extra_rows, extra_values = [], []
+    for sigma in (0.05, 0.02, 0.008, 0.003):
+        trial = perturb(starts, 24, sigma)
+        trial_values = score(trial).reshape(len(starts), 24)
+        best = trial_values.argmax(1)
+        for i, j in enumerate(best):
+            if trial_values[i, j] > start_values[i]:
+                starts[i], start_values[i] = trial[i * 24 + j], trial_values[i, j]
+        extra_rows.append(trial)
+        extra_values.append(trial_values.ravel())
+    all_rows = np.vstack([pool, *extra_rows])
+    all_values = np.concatenate([values, *extra_values])
+    return all_rows[np.argsort(-all_values, kind="stable")]
+
+
+def _startup(ctx: Context) -> Iterator[Assignment]:
+    """Scrambled Sobol points: trial i gets point i of the job's sequence (stateless)."""
+    from scipy.stats import qmc
+
+    space = ctx.space
+    sampler = qmc.Sobol(d=len(space), scramble=True, seed=ctx.seed)
+    position = len(ctx.observations)
+    if position:
+        sampler.fast_forward(position)
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            batch = sampler.random(16)
+        for u in batch:
+            result: Assignment = {}
+            for value, dim in zip(u, space.dimensions):
+                if space.is_active(dim, result):
+                    result[dim.name] = dim.from_unit(float(value))
+            yield result
+
+
+def propose_gp(ctx: Context, options: GPOptions) -> Iterator[Assignment]:
+    """GP-EI suggestions, one at a time, each conditioning the model on the previous ones."""
+    usable = ctx.usable
+    if len(usable) < max(options.n_startup_trials, 2) or len({o.key for o in usable}) < 2:
+        yield from _startup(ctx)
+        return
+    space = ctx.space
+    training = _training_set(usable)
+    x = np.array([space.encode(o.parameters or {}) for o in training])
+    y = _warp(np.array([o.loss for o in training], dtype=float))
+    gp = GaussianProcess(x, y, space.categorical_mask)
+    best = float(y.min())
+    gp.condition(np.array([space.encode(a) for a in ctx.in_flight()]).reshape(-1, len(space)))
+    score = _acquisition(gp, options.acquisition, best, len(space))
+    anchors = x[np.argsort(y, kind="stable")[:5]]
+    draw = 0
+    while True:
+        rows = _maximise(space, score, anchors, ctx.rng("gp", draw))
+        draw += 1
+        chosen = None
+        for row in rows:
+            assignment = space.decode(row)
+            if space.key(assignment) not in ctx.taken:
+                chosen = (row, assignment)
+                break
+        if chosen is None:  # every candidate is taken: let the wave filler fall back
+            return
+        yield chosen[1]
+        gp.condition(chosen[0][None, :])

@@ -1,0 +1,137 @@
+"""Trial history: validated once, then read by every sampler and stopping rule.
+
+A history entry is `{"parameters": {...}, "state": ..., "objective": float | None,
+"intermediate": [[resource, value], ...]}`, in trial-index order. Structural
+problems (not a mapping, missing `parameters`/`state`, unknown state, wrong
+types) raise `SearchError` naming the entry. Values are judged, not rejected:
+
+- the observation a model learns from is `loss`, the objective turned so that
+  smaller is better. Succeeded trials give their objective; EarlyStopped trials
+  their last finite intermediate value (Optuna treats pruned trials alike);
+  Failed trials, Succeeded trials without an objective and NaN/inf objectives
+  give none (they are "failed": ignored by models).
+- parameters that are not a point of the current space (unknown names,
+  out of bounds, a conditional child without its parent) make the entry
+  unusable for models, but it still counts as tried.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api.models import Goal, TrialPhase
+from kubetune.search._errors import SearchError
+from kubetune.search._space import Assignment, Key, Space
+
+STATES = tuple(phase.value for phase in TrialPhase)
+_OPTIONAL_KEYS = {"objective", "intermediate"}
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One history entry, validated and oriented for minimisation."""
+
+    index: int
+    state: TrialPhase
+    raw_parameters: Mapping[str, object]
+    parameters: Assignment | None  # canonical, or None if not a point of the space
+    key: Key | None
+    loss: float | None  # smaller is better; None when the trial gives no usable value
+    curve: tuple[tuple[float, float], ...]  # (step, loss) by increasing step, last report per step wins
+
+    @property
+    def pending(self) -> bool:
+        """Suggested but not finished: models treat these as points whose value is still coming."""
+        return self.state in (TrialPhase.PENDING, TrialPhase.RUNNING)
+
+    @property
+    def usable(self) -> bool:
+        """A finite observation at a point of the space: what models learn from."""
+        return self.loss is not None and self.parameters is not None
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_history(space: Space | None, goal: Goal | str, history: object) -> list[Observation]:
+    """Validate `history` and orient its values (`space=None`: parameters are not checked)."""
+    if not isinstance(history, Sequence) or isinstance(history, (str, bytes)):
+        raise SearchError(f"history must be a list of trial entries, got {type(history).__name__}")
+    sign = -1.0 if Goal(goal) == Goal.MAXIMIZE else 1.0
+    return [_parse_entry(space, sign, index, entry) for index, entry in enumerate(history)]
+
+
+def _parse_entry(space: Space | None, sign: float, index: int, entry: object) -> Observation:
+    where = f"history[{index}]"
+    if not isinstance(entry, Mapping):
+        raise SearchError(f"{where}: expected a mapping, got {type(entry).__name__}")
+    missing = [k for k in ("parameters", "state") if k not in entry]
+    if missing:
+        raise SearchError(f"{where}: missing {', '.join(missing)}")
+    unknown = set(entry) - {"parameters", "state"} - _OPTIONAL_KEYS
+    if unknown:
+        raise SearchError(f"{where}: unknown key(s) {sorted(map(str, unknown))}")
+    parameters = entry["parameters"]
+    if not isinstance(parameters, Mapping):
+        raise SearchError(f"{where}.parameters: expected a mapping, got {type(parameters).__name__}")
+    for name, value in parameters.items():
+        if not isinstance(name, str) or not (isinstance(value, str) or _number(value)):
+            raise SearchError(f"{where}.parameters[{name!r}]: expected a number or string, got {value!r}")
+    state_name = entry["state"]
+    if state_name not in STATES:
+        raise SearchError(f"{where}.state: unknown state {state_name!r} (expected one of {', '.join(STATES)})")
+    state = TrialPhase(state_name)
+    objective = entry.get("objective")
+    if objective is not None and not _number(objective):
+        raise SearchError(f"{where}.objective: expected a number or null, got {objective!r}")
+    curve = _parse_curve(where, entry.get("intermediate"), sign)
+
+    loss: float | None = None
+    if state == TrialPhase.SUCCEEDED and objective is not None:
+        loss = sign * float(objective)
+    elif state == TrialPhase.EARLY_STOPPED:
+        finite = [value for _, value in curve if math.isfinite(value)]
+        if finite:
+            loss = finite[-1]
+        elif objective is not None:
+            loss = sign * float(objective)
+    if loss is not None and not math.isfinite(loss):
+        loss = None  # NaN or infinite: the trial counts as failed
+
+    canonical = space.canonical(parameters) if space is not None else None
+    return Observation(
+        index=index,
+        state=state,
+        raw_parameters=parameters,
+        parameters=canonical,
+        key=space.key(canonical) if space is not None and canonical is not None else None,
+        loss=loss,
+        curve=curve,
+    )
+
+
+def _parse_curve(where: str, intermediate: Any, sign: float) -> tuple[tuple[float, float], ...]:
+    if intermediate is None:
+        return ()
+    if not isinstance(intermediate, Sequence) or isinstance(intermediate, (str, bytes)):
+        raise SearchError(f"{where}.intermediate: expected a list of [resource, value] pairs")
+    by_step: dict[float, float] = {}
+    for position, pair in enumerate(intermediate):
+        ok = (
+            isinstance(pair, Sequence)
+            and not isinstance(pair, (str, bytes))
+            and len(pair) == 2
+            and _number(pair[0])
+            and _number(pair[1])
+        )
+        if not ok:
+            raise SearchError(f"{where}.intermediate[{position}]: expected [resource, value], got {pair!r}")
+        step = float(pair[0])
+        if not math.isfinite(step):
+            raise SearchError(f"{where}.intermediate[{position}]: resource must be finite, got {pair[0]!r}")
+        by_step[step] = sign * float(pair[1])
+    return tuple(sorted(by_step.items()))

@@ -1,0 +1,119 @@
+"""TPE through Optuna: the history is replayed into an in-memory study on every call.
+
+Usable trials become COMPLETE trials with their loss (the study minimises);
+Pending/Running trials and the wave's earlier picks are RUNNING trials, which
+TPE's constant liar treats as bad so a wave spreads out. Failed trials are
+left out. Discrete parameters are modelled as the (ordered) index of their
+value; conditional parameters are suggested define-by-run, parents first,
+and `multivariate` models them jointly with Optuna's `group` decomposition.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from kubetune.api.models import ParameterType, TPESettings
+from kubetune.search._context import Context
+from kubetune.search._space import Assignment, Dimension, Kind, Space
+
+
+def _distribution(dim: Dimension) -> Any:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if dim.kind == Kind.CATEGORICAL:
+        return CategoricalDistribution(list(dim.values))
+    if dim.type == ParameterType.DISCRETE:
+        return IntDistribution(0, len(dim.values) - 1)
+    if dim.type == ParameterType.INT:
+        step = None if dim.log else int(dim.step or 1)
+        return IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=step or 1)
+    return FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+
+
+def _to_optuna(space: Space, assignment: Assignment) -> dict[str, Any]:
+    return {
+        name: space.by_name[name].index_of(value) if space.by_name[name].type == ParameterType.DISCRETE else value
+        for name, value in assignment.items()
+    }
+
+
+def _from_optuna(space: Space, params: dict[str, Any]) -> Assignment:
+    result: Assignment = {}
+    for name, value in params.items():
+        dim = space.by_name[name]
+        if dim.type == ParameterType.DISCRETE:
+            result[name] = dim.values[int(value)]
+        elif dim.type == ParameterType.INT:
+            result[name] = int(value)
+        elif dim.type == ParameterType.FLOAT:
+            result[name] = float(value)
+        else:
+            result[name] = str(value)
+    return result
+
+
+def propose_tpe(ctx: Context, settings: TPESettings | None = None) -> Iterator[Assignment]:
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    settings = settings or ctx.spec.algorithm.tpe or TPESettings()
+    space = ctx.space
+    distributions = {d.name: _distribution(d) for d in space.dimensions}
+    logger = logging.getLogger("optuna")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sampler = optuna.samplers.TPESampler(
+                seed=ctx.seed_for("tpe"),
+                n_startup_trials=settings.n_startup_trials,
+                n_ei_candidates=settings.n_ei_candidates,
+                multivariate=settings.multivariate,
+                group=settings.multivariate and space.is_conditional,
+                constant_liar=True,
+            )
+            study = optuna.create_study(direction="minimize", sampler=sampler)
+            trials = []
+            for observation in ctx.observations:
+                if observation.parameters is None:
+                    continue
+                params = _to_optuna(space, observation.parameters)
+                used = {name: distributions[name] for name in params}
+                if observation.usable:
+                    trials.append(create_trial(params=params, distributions=used, value=observation.loss))
+                elif observation.pending:
+                    trials.append(create_trial(state=TrialState.RUNNING, params=params, distributions=used))
+            study.add_trials(trials)
+    finally:
+        logger.setLevel(level)
+
+    while True:
+        logger.setLevel(logging.WARNING)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                trial = study.ask()
+                for dim in space.dimensions:
+                    if space.is_active(dim, trial.params):  # parents are categorical: same value
+                        _suggest(trial, dim, distributions[dim.name])
+                params = dict(trial.params)
+        finally:
+            logger.setLevel(level)
+        yield _from_optuna(space, params)  # the trial stays RUNNING: the next ask lies about it
+
+
+def _suggest(trial: Any, dim: Dimension, distribution: Any) -> None:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        trial.suggest_categorical(dim.name, distribution.choices)
+    elif isinstance(distribution, IntDistribution):
+        trial.suggest_int(dim.name, distribution.low, distribution.high, step=distribution.step,
+                          log=distribution.log)
+    else:
+        trial.suggest_float(dim.name, distribution.low, distribution.high, step=distribution.step,
+                            log=distribution.log)

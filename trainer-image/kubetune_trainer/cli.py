@@ -1,0 +1,223 @@
+"""`python -m kubetune_trainer`: resolve knobs, train, report, exit with the trial's status.
+
+Exit codes:
+
+====  ==========  ==================================================================
+code  status      when
+====  ==========  ==================================================================
+0     completed   all epochs ran, or the trainer's own early stopping (`patience`)
+2     failed      invalid knob, missing CSV, or other bad input (nothing trained)
+1     failed      any other error (e.g. device=cuda without CUDA, port in use)
+3     diverged    a non-finite training or validation loss
+143   stopped     SIGTERM (130 for SIGINT): stopped at the next batch boundary
+====  ==========  ==================================================================
+
+Every path writes the termination message (see `kubetune.report`), and every
+path that started the metrics exporter waits (bounded) for a final scrape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import FrameType
+
+from kubetune.report import (
+    DEFAULT_TERMINATION_MESSAGE_PATH,
+    ENV_TERMINATION_MESSAGE_PATH,
+    FinalReport,
+    ReporterSettings,
+    TrialReporter,
+    TrialStatus,
+)
+
+from kubetune_trainer.config import (
+    ENV_PARAM_PREFIX,
+    ENV_PARAMS_JSON,
+    ConfigError,
+    TrainerConfig,
+    add_knob_arguments,
+    knob_values_from_args,
+    resolve_config,
+)
+
+log = logging.getLogger("kubetune_trainer")
+
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_CODES: dict[str, int] = {"completed": EXIT_COMPLETED, "diverged": EXIT_DIVERGED, "failed": EXIT_FAILED}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kubetune_trainer",
+        description="kubetune reference trainer. Knob precedence: command-line flag > "
+        f"{ENV_PARAM_PREFIX}<NAME> > {ENV_PARAMS_JSON} (JSON object) > default.",
+    )
+    runtime = parser.add_argument_group("runtime settings (not knobs)")
+    runtime.add_argument(
+        "--metrics-address",
+        help="address to serve /metrics on (env KUBETUNE_METRICS_ADDRESS, default 0.0.0.0)",
+    )
+    runtime.add_argument(
+        "--metrics-port",
+        type=int,
+        help="port for /metrics, 0 disables (env KUBETUNE_METRICS_PORT, default 8000)",
+    )
+    runtime.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved knobs and their sources as JSON, then exit",
+    )
+    add_knob_arguments(parser)
+    return parser
+
+
+def reporter_settings(args: argparse.Namespace, env: Mapping[str, str]) -> ReporterSettings:
+    """Settings from the environment, overridden by --metrics-address/--metrics-port."""
+    settings = ReporterSettings.from_env(env)
+    return ReporterSettings(
+        metrics_address=args.metrics_address or settings.metrics_address,
+        metrics_port=settings.metrics_port if args.metrics_port is None else args.metrics_port,
+        termination_message_path=settings.termination_message_path,
+        final_scrape_timeout_seconds=settings.final_scrape_timeout_seconds,
+    )
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a stop request that the training loop polls between batches."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal_number: int | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal_number is None:
+            self.signal_number = signum
+            log.warning("received %s; stopping at the next batch boundary", signal.Signals(signum).name)
+        self.event.set()
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Install the handlers (main thread only), restoring the previous ones afterwards."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Run one trial; returns the process exit code."""
+    env = os.environ if env is None else env
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+        )
+    args = build_parser().parse_args(argv)
+
+    try:
+        settings = reporter_settings(args, env)
+    except ValueError as error:
+        log.error("invalid runtime settings: %s", error)
+        path = env.get(ENV_TERMINATION_MESSAGE_PATH) or DEFAULT_TERMINATION_MESSAGE_PATH
+        fallback = ReporterSettings(metrics_port=0, termination_message_path=path)
+        return _finish_without_exporter(
+            fallback, "failed", f"invalid runtime settings: {error}", EXIT_BAD_INPUT
+        )
+    try:
+        resolved = resolve_config(knob_values_from_args(args), env)
+    except ConfigError as error:
+        log.error("invalid configuration: %s", error)
+        return _finish_without_exporter(settings, "failed", f"invalid configuration: {error}", EXIT_BAD_INPUT)
+    config = resolved.config
+    if args.print_config:
+        print(json.dumps({"knobs": config.to_dict(), "sources": resolved.sources}, indent=2))
+        return EXIT_COMPLETED
+    log.info("knobs: %s", json.dumps(config.to_dict(), separators=(",", ":")))
+    overridden = {name: source for name, source in resolved.sources.items() if source != "default"}
+    if overridden:
+        log.info("knob sources: %s", json.dumps(overridden, separators=(",", ":")))
+
+    reporter = TrialReporter(settings)
+    try:
+        reporter.start()
+    except OSError as error:
+        reason = f"cannot serve metrics on {settings.metrics_address}:{settings.metrics_port}: {error}"
+        log.error("%s", reason)
+        return _finish_without_exporter(settings, "failed", reason, EXIT_FAILED)
+
+    stop = StopSignal()
+    with stop.installed():
+        status, reason, code = _train(config, reporter, stop)
+    final = reporter.finish(status=status, reason=reason)
+    _log_final(final)
+    return code
+
+
+def _train(config: TrainerConfig, reporter: TrialReporter, stop: StopSignal) -> tuple[TrialStatus, str, int]:
+    """Train and report each epoch; returns (status, reason, exit code). Imports torch lazily."""
+    try:
+        import torch
+
+        from kubetune_trainer.data import prepare_data
+        from kubetune_trainer.training import EpochMetrics, resolve_device, train
+
+        data = prepare_data(config)
+        device = resolve_device(config.device)
+        log.info(
+            "dataset %s: %d train / %d validation samples, input shape %s, %d classes; device %s (torch %s)",
+            data.name,
+            len(data.y_train),
+            len(data.y_val),
+            data.input_shape,
+            data.n_classes,
+            device,
+            torch.__version__,
+        )
+
+        def on_epoch(metrics: EpochMetrics) -> None:
+            reporter.report(metrics.epoch, **metrics.as_dict())
+
+        outcome = train(config, data, device=device, stop=stop.event, on_epoch=on_epoch)
+    except ConfigError as error:
+        log.error("invalid input: %s", error)
+        return "failed", f"invalid input: {error}", EXIT_BAD_INPUT
+    except Exception as error:
+        log.exception("trial failed")
+        return "failed", f"{type(error).__name__}: {error}", EXIT_FAILED
+    if outcome.status == "stopped":
+        signum = stop.signal_number or signal.SIGTERM
+        return "stopped", f"{signal.Signals(signum).name}: {outcome.reason}", 128 + signum
+    return outcome.status, outcome.reason, EXIT_CODES[outcome.status]
+
+
+def _finish_without_exporter(settings: ReporterSettings, status: TrialStatus, reason: str, code: int) -> int:
+    """Write the termination message for a trial that never started its exporter."""
+    quiet = ReporterSettings(
+        metrics_address=settings.metrics_address,
+        metrics_port=0,
+        termination_message_path=settings.termination_message_path,
+        final_scrape_timeout_seconds=0,
+    )
+    _log_final(TrialReporter(quiet).finish(status=status, reason=reason))
+    return code
+
+
+def _log_final(final: FinalReport) -> None:
+    level = logging.INFO if final.status == "completed" else logging.WARNING
+    log.log(level, "trial %s at step %d: %s", final.status, final.step, final.reason)
+    log.info("final: %s", final.message)
