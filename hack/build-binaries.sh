@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the pinned control-plane binaries (kube-apiserver, kube-controller-manager,
-# kube-scheduler, etcd, helm) from the Go module proxy into a cache outside the
+# kube-scheduler, etcd, helm, prometheus) from the Go module proxy into a cache outside the
 # work tree, keyed by version. A second run finds them there and returns at once.
 #
 # Why wrapper modules: k8s.io/kubernetes and go.etcd.io/etcd/server/v3 carry
@@ -12,6 +12,9 @@ set -euo pipefail
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
+# Debian's prometheus package is built without Kubernetes service discovery, which the dev
+# cluster's scrape contract needs (kubernetes_sd_configs), so Prometheus is built here too.
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v3.16.0}"
 MIN_GO_MINOR=24
 CACHE="${KUBETUNE_CACHE:-$HOME/.cache/kubetune}"
 BIN_DIR="$CACHE/bin"
@@ -116,16 +119,36 @@ build_helm() {
     -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor" "helm.sh/helm/v3/cmd/helm@$v"
 }
 
+build_prometheus() {
+  local v="$PROMETHEUS_VERSION"
+  if have prometheus "$v"; then log "prometheus $v: cached"; return; fi
+  # Prometheus 3.X.Y is published as Go module version v0.3XX.Y.
+  local major minor patch module_v
+  IFS=. read -r major minor patch <<<"${v#v}"
+  module_v="v0.$(( major * 100 + minor )).$patch"
+  local out; out="$(out_dir prometheus "$v")"; mkdir -p "$out"
+  log "prometheus $v ($module_v): building (Kubernetes and file service discovery only)"
+  # remove_all_sd + enable_kubernetes_sd: skip the cloud SDKs we never use (much faster build).
+  # No builtinassets tag: the web UI is absent, the HTTP API (all we use) is not.
+  CGO_ENABLED=0 GOBIN="$out" go install -trimpath -tags "remove_all_sd,enable_kubernetes_sd" -ldflags "-s -w \
+    -X github.com/prometheus/common/version.Version=${v#v} \
+    -X github.com/prometheus/common/version.Branch=release \
+    -X github.com/prometheus/common/version.Revision=$module_v" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$module_v"
+}
+
 main() {
   require_go
   mkdir -p "$BIN_DIR"
   build_etcd
   build_helm
+  build_prometheus
   build_kubernetes
   # One stable directory of links, so callers need only KUBETUNE_CACHE.
   mkdir -p "$CACHE/current"
   ln -sfn "$(out_dir etcd "$ETCD_VERSION")/etcd" "$CACHE/current/etcd"
   ln -sfn "$(out_dir helm "$HELM_VERSION")/helm" "$CACHE/current/helm"
+  ln -sfn "$(out_dir prometheus "$PROMETHEUS_VERSION")/prometheus" "$CACHE/current/prometheus"
   local cmd
   for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
     ln -sfn "$(out_dir "$cmd" "$KUBERNETES_VERSION")/$cmd" "$CACHE/current/$cmd"

@@ -113,3 +113,17 @@ def test_objective_direction() -> None:
     minimize = TuningJobSpec.model_validate(spec_with("objective", {"metric": "loss", "goal": "minimize"}))
     assert minimize.objective.is_better(0.1, 0.2)
     assert not minimize.objective.reached_target(0.0)
+
+
+def test_every_example_is_a_valid_tuningjob() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from kubetune.api import TuningJob
+
+    examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+    assert examples, "examples/ is empty"
+    for path in examples:
+        job = TuningJob.model_validate(yaml.safe_load(path.read_text()))
+        assert job.metadata.name == path.stem

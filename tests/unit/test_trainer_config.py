@@ -30,6 +30,7 @@ def test_precedence_cli_over_env_over_json_over_default() -> None:
     assert resolved.sources["batch_size"] == "KUBETUNE_PARAM_BATCH_SIZE"
     assert resolved.sources["epochs"] == "KUBETUNE_PARAMS"
     assert resolved.sources["optimizer"] == "default"
+    assert ("lr", "--lr", "KUBETUNE_PARAM_LR") in resolved.shadowed
 
 
 def test_flags_accept_dashes_underscores_and_bare_booleans() -> None:

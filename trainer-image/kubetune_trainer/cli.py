@@ -148,6 +148,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(json.dumps({"knobs": config.to_dict(), "sources": resolved.sources}, indent=2))
         return EXIT_COMPLETED
     log.info("knobs: %s", json.dumps(config.to_dict(), separators=(",", ":")))
+    for name, winner, loser in resolved.shadowed:
+        log.warning("%s from %s overrides %s (precedence: flag > env > JSON)", name, winner, loser)
     overridden = {name: source for name, source in resolved.sources.items() if source != "default"}
     if overridden:
         log.info("knob sources: %s", json.dumps(overridden, separators=(",", ":")))

@@ -358,6 +358,8 @@ def parse_knob_value(spec: KnobSpec, raw: object) -> KnobType:
 class ResolvedConfig:
     config: TrainerConfig
     sources: dict[str, Source]
+    # (knob, winning source, overridden source) where two sources set one knob
+    shadowed: list[tuple[str, Source, Source]] = field(default_factory=list)
 
 
 def resolve_config(cli_values: Mapping[str, str], env: Mapping[str, str]) -> ResolvedConfig:
@@ -366,6 +368,13 @@ def resolve_config(cli_values: Mapping[str, str], env: Mapping[str, str]) -> Res
     `cli_values` maps knob names to the raw strings given on the command line.
     """
     raw: dict[str, tuple[object, Source]] = {}
+    shadowed: list[tuple[str, Source, Source]] = []
+
+    def put(name: str, value: object, source: Source) -> None:
+        if name in raw:
+            shadowed.append((name, source, raw[name][1]))
+        raw[name] = (value, source)
+
     params_json = env.get(ENV_PARAMS_JSON, "").strip()
     if params_json:
         try:
@@ -377,18 +386,18 @@ def resolve_config(cli_values: Mapping[str, str], env: Mapping[str, str]) -> Res
         for name, value in document.items():
             if name not in KNOBS:
                 raise ConfigError(name, f"unknown knob; known knobs: {', '.join(KNOBS)}", ENV_PARAMS_JSON)
-            raw[name] = (value, ENV_PARAMS_JSON)
+            put(name, value, ENV_PARAMS_JSON)
     for variable, value in env.items():
         if not variable.startswith(ENV_PARAM_PREFIX):
             continue
         name = variable[len(ENV_PARAM_PREFIX) :].lower()
         if name not in KNOBS:
             raise ConfigError(name, f"unknown knob; known knobs: {', '.join(KNOBS)}", variable)
-        raw[name] = (value, variable)
+        put(name, value, variable)
     for name, value in cli_values.items():
         if name not in KNOBS:
             raise ConfigError(name, "unknown knob", "command line")
-        raw[name] = (value, KNOBS[name].flag)
+        put(name, value, KNOBS[name].flag)
 
     values: dict[str, KnobType] = {}
     sources: dict[str, Source] = {name: "default" for name in KNOBS}
@@ -402,7 +411,7 @@ def resolve_config(cli_values: Mapping[str, str], env: Mapping[str, str]) -> Res
         config = TrainerConfig(**values)  # type: ignore[arg-type]
     except ConfigError as error:
         raise error.with_source(sources.get(error.knob)) from None
-    return ResolvedConfig(config=config, sources=sources)
+    return ResolvedConfig(config=config, sources=sources, shadowed=shadowed)
 
 
 def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
@@ -413,7 +422,7 @@ def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
         if group is None:
             group = groups[spec.group] = parser.add_argument_group(f"{spec.group} knobs")
         options = [spec.flag] if spec.flag == "--" + spec.name else [spec.flag, "--" + spec.name]
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"metavar": spec.type.__name__.upper()}
         if spec.type is bool:
             extra = {"nargs": "?", "const": "true", "metavar": "BOOL"}
         choices = f" One of: {', '.join(spec.choices)}." if spec.choices else ""

@@ -168,7 +168,8 @@ class PodRecord:
         if not self.terminating and any(c.next_start is not None for c in self.containers):
             return started  # a container waits to be (re)started
         if states and all(s == "terminated" for s in states):
-            return "Succeeded" if all(c.exit_code == 0 for c in self.containers) else "Failed"
+            succeeded = all(c.exit_code == 0 for c in self.containers) and not self.terminate_reason
+            return "Succeeded" if succeeded else "Failed"
         # Killed (deleted, deadline) before every container ran: that is a failure.
         return "Failed" if self.terminating else started
 

@@ -129,3 +129,17 @@ def tail(path: Path, max_bytes: int) -> bytes:
             return handle.read()
     except OSError:
         return b""
+
+
+def find_wrapper(exit_file: Path) -> int | None:
+    """The pid of the live wrapper whose command line names `exit_file` (unique per container)."""
+    needle = str(exit_file).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes().split(b"\0"):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None

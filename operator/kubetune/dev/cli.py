@@ -1,0 +1,97 @@
+"""`kubetune dev up | down | env | status`: a local control plane for development and tests."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from kubetune.dev.cluster import DevCluster, DevClusterError
+from kubetune.dev.components import DEFAULT_GPUS, DEFAULT_NODE_NAME
+from kubetune.dev.layout import COMPONENTS
+
+PORT_FLAGS = ("apiserver", "prometheus", "etcd-client", "etcd-peer", "controller-manager", "scheduler", "agent")
+
+
+def register(subparsers: Any) -> None:
+    dev = subparsers.add_parser("dev", help="run a local dev cluster (real control plane, host-process node agent)")
+    dev.add_argument("--home", type=Path, help="state directory (default $KUBETUNE_DEV_HOME or ~/.cache/kubetune/dev)")
+    commands = dev.add_subparsers(dest="dev_command", required=True)
+
+    up = commands.add_parser("up", help="start the cluster (or report the running one)")
+    up.add_argument("--gpus", type=int, default=DEFAULT_GPUS, help="nvidia.com/gpu capacity of the node")
+    up.add_argument("--node-name", default=DEFAULT_NODE_NAME)
+    up.add_argument("--bin-dir", type=Path, help="directory with etcd and kube-* (default ~/.cache/kubetune/current)")
+    up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    for flag in PORT_FLAGS:
+        up.add_argument(f"--{flag}-port", type=int, help=f"fixed port for {flag} (default: a free one)")
+    up.set_defaults(run=run_up)
+
+    down = commands.add_parser("down", help="stop every process of the cluster and delete its state")
+    down.set_defaults(run=run_down)
+
+    env = commands.add_parser("env", help="print shell exports: eval \"$(kubetune dev env)\"")
+    env.set_defaults(run=run_env)
+
+    status = commands.add_parser("status", help="show which components run (exit 1 if any is down)")
+    status.set_defaults(run=run_status)
+
+
+def _cluster(args: argparse.Namespace, **kwargs: Any) -> DevCluster:
+    return DevCluster(args.home, **kwargs)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    pinned = {
+        flag: getattr(args, f"{flag.replace('-', '_')}_port")
+        for flag in PORT_FLAGS
+        if getattr(args, f"{flag.replace('-', '_')}_port") is not None
+    }
+    cluster = _cluster(args, gpus=args.gpus, node_name=args.node_name, bin_dir=args.bin_dir, pinned_ports=pinned)
+    try:
+        info = cluster.up(timeout=args.timeout)
+    except DevClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    state = "already running" if info.reused else "ready"
+    print(f"# dev cluster {state}: API server {info.apiserver_url}, Prometheus {info.prometheus_url}")
+    print(f"# node agent logs and per-pod logs: {info.home}/logs, {info.home}/agent/pods")
+    print("# point kubectl and helm at it with:")
+    print(info.exports())
+    return 0
+
+
+def run_down(args: argparse.Namespace) -> int:
+    cluster = _cluster(args)
+    try:
+        cluster.down()
+    except (DevClusterError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"dev cluster in {cluster.layout.home} stopped and removed", file=sys.stderr)
+    return 0
+
+
+def run_env(args: argparse.Namespace) -> int:
+    cluster = _cluster(args)
+    if cluster.config is None:
+        print(f"error: no dev cluster in {cluster.layout.home}; run `kubetune dev up`", file=sys.stderr)
+        return 1
+    if not cluster.is_running():
+        print("warning: the dev cluster is not (fully) running; `kubetune dev up` restarts it", file=sys.stderr)
+    print(cluster.info().exports())
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    cluster = _cluster(args)
+    cfg = cluster.config
+    if cfg is None:
+        print(f"no dev cluster in {cluster.layout.home}")
+        return 1
+    status = cluster.status()
+    for name in COMPONENTS:
+        print(f"{name:<24} {'running' if status[name] else 'NOT RUNNING'}   log: {cluster.layout.log_file(name)}")
+    print(f"API server  {cfg.apiserver_url}\nPrometheus  {cfg.prometheus_url}\nkubeconfig  {cluster.kubeconfig}")
+    return 0 if all(status.values()) else 1

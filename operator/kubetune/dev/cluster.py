@@ -1,0 +1,395 @@
+"""Bring the dev cluster up and down: the Python API behind `kubetune dev` and the test fixtures.
+
+    cluster = DevCluster()          # home: $KUBETUNE_DEV_HOME or ~/.cache/kubetune/dev
+    info = cluster.up()             # idempotent; cleans up after a crashed cluster first
+    info.kubeconfig, info.prometheus_url
+    cluster.down()                  # stops every process it started, removes the home
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import shutil
+import signal
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kubetune.dev import components, preflight, procs
+from kubetune.dev.agent import MARKER_ENV
+from kubetune.dev.agentstate import load_records
+from kubetune.dev.components import ClusterConfig, Ports
+from kubetune.dev.kubeapi import ApiError, KubeApi
+from kubetune.dev.layout import COMPONENTS, PROMETHEUS_BINARY, Layout, default_bin_dir, default_home
+from kubetune.dev.pki import build_cluster_pki
+from kubetune.dev.prometheus import build_prometheus_config
+
+DEFAULT_TIMEOUT = 300.0
+# Log lines that explain a component that would not start, with what to do about them.
+LOG_HINTS: tuple[tuple[str, str], ...] = (
+    ("address already in use", "a port is taken: stop the process using it or pick other ports"),
+    ("permission denied", "check that the state directory is writable"),
+)
+
+
+class DevClusterError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    home: Path
+    kubeconfig: Path
+    apiserver_url: str
+    prometheus_url: str
+    node_name: str
+    bin_dir: Path
+    reused: bool
+
+    def env(self) -> dict[str, str]:
+        return {
+            "KUBECONFIG": str(self.kubeconfig),
+            "KUBETUNE_PROMETHEUS_URL": self.prometheus_url,
+            "KUBETUNE_DEV_HOME": str(self.home),
+        }
+
+    def exports(self) -> str:
+        lines = [f"export {key}={value}" for key, value in self.env().items()]
+        # helm (and the control-plane binaries) live here; kubectl is expected on PATH already.
+        lines.append(f'export PATH="{self.bin_dir}:$PATH"')
+        return "\n".join(lines)
+
+
+class DevCluster:
+    def __init__(
+        self,
+        home: Path | None = None,
+        *,
+        bin_dir: Path | None = None,
+        gpus: int = components.DEFAULT_GPUS,
+        node_name: str = components.DEFAULT_NODE_NAME,
+        pinned_ports: Mapping[str, int] | None = None,
+        python: Path | None = None,
+        agent_args: tuple[str, ...] = (),
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.layout = Layout((home or default_home()).absolute())
+        self.bin_dir = (bin_dir or default_bin_dir()).absolute()
+        self.gpus = gpus
+        self.node_name = node_name
+        self.pinned_ports = dict(pinned_ports or {})
+        # Not resolved: a venv's python is a symlink, and resolving it would leave the venv.
+        self.python = python or Path(sys.executable)
+        self.agent_args = agent_args
+        self._log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.layout.kubeconfig
+
+    @property
+    def config(self) -> ClusterConfig | None:
+        try:
+            return ClusterConfig.from_json(self.layout.cluster_file.read_text())
+        except (OSError, ValueError, KeyError):
+            return None
+
+    @property
+    def prometheus_url(self) -> str:
+        cfg = self.config
+        if cfg is None:
+            raise DevClusterError(f"no dev cluster in {self.layout.home}; run `kubetune dev up`")
+        return cfg.prometheus_url
+
+    def info(self, *, reused: bool = False) -> ClusterInfo:
+        cfg = self.config
+        if cfg is None:
+            raise DevClusterError(f"no dev cluster in {self.layout.home}; run `kubetune dev up`")
+        return ClusterInfo(
+            home=self.layout.home,
+            kubeconfig=self.layout.kubeconfig,
+            apiserver_url=cfg.apiserver_url,
+            prometheus_url=cfg.prometheus_url,
+            node_name=cfg.node_name,
+            bin_dir=cfg.bin_dir,
+            reused=reused,
+        )
+
+    def status(self) -> dict[str, bool]:
+        """Component -> running (pid file present and that exact process alive)."""
+        return {name: self._handle(name) is not None for name in COMPONENTS}
+
+    def is_running(self) -> bool:
+        cfg = self.config
+        return cfg is not None and all(self.status().values()) and self._apiserver_ready(cfg)
+
+    def up(self, timeout: float = DEFAULT_TIMEOUT) -> ClusterInfo:
+        with self._locked():
+            if self.config is not None or self.layout.run_dir.exists():
+                if self.is_running():
+                    self._log(f"dev cluster already running in {self.layout.home}")
+                    return self.info(reused=True)
+                self._log(f"found a stopped or crashed dev cluster in {self.layout.home}; cleaning it up")
+                self._teardown()
+            problems = self._preflight()
+            if problems:
+                raise DevClusterError(preflight.format_problems(problems))
+            cfg = self._new_config()
+            try:
+                self._start(cfg, time.monotonic() + timeout)
+            except BaseException:
+                self._log(f"dev cluster failed to start; logs are in {self.layout.logs_dir}")
+                self._stop_processes(cfg)
+                raise
+            return self.info()
+
+    def down(self) -> None:
+        with self._locked():
+            self._teardown()
+
+    def stop_component(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal one component's process group (tests kill the agent to check re-adoption)."""
+        handle = self._handle(name)
+        if handle is None:
+            return
+        procs.signal_group(handle, sig)
+        for _ in range(500):
+            procs.reap(handle.pid)
+            if not handle.alive():
+                return
+            time.sleep(0.02)
+        raise DevClusterError(f"{name} (pid {handle.pid}) did not stop")
+
+    def start_agent(self, timeout: float = 60.0) -> None:
+        """(Re)start the node agent of a running cluster and wait until its node is Ready."""
+        cfg = self._require_config()
+        if self._handle("agent") is not None:
+            return
+        self._spawn(cfg, "agent", components.agent_command(cfg))
+        self._wait_node_ready(cfg, time.monotonic() + timeout)
+
+    def pod_dir(self, namespace: str, name: str, uid: str) -> Path:
+        return self.layout.pod_dir(namespace, name, uid)
+
+    def pod_log(self, namespace: str, name: str, uid: str, container: str) -> Path:
+        """stdout+stderr of a container: `<home>/agent/pods/<namespace>_<name>_<uid>/<container>.log`."""
+        return self.layout.pod_log(namespace, name, uid, container)
+
+    # ------------------------------------------------------------------ steps
+
+    def _preflight(self) -> list[preflight.Problem]:
+        return [
+            *preflight.check_binaries(self.bin_dir),
+            *preflight.check_prometheus(PROMETHEUS_BINARY),
+            *preflight.check_host_tools(),
+            *preflight.check_ports(self.pinned_ports),
+        ]
+
+    def _new_config(self) -> ClusterConfig:
+        names = ("etcd_client", "etcd_peer", "apiserver", "controller_manager", "scheduler", "agent", "prometheus")
+        pinned = {key.replace("-", "_"): port for key, port in self.pinned_ports.items()}
+        unknown = set(pinned) - set(names)
+        if unknown:
+            raise DevClusterError(f"unknown port names {sorted(unknown)}; known: {', '.join(names)}")
+        free = iter(preflight.free_ports(len(names), exclude=set(pinned.values())))
+        ports = Ports(**{name: pinned.get(name) or next(free) for name in names})
+        return ClusterConfig(
+            cluster_id=secrets.token_hex(6),
+            home=self.layout.home,
+            bin_dir=self.bin_dir,
+            python=self.python,
+            ports=ports,
+            node_name=self.node_name,
+            gpus=self.gpus,
+            agent_args=self.agent_args,
+        )
+
+    def _start(self, cfg: ClusterConfig, deadline: float) -> None:
+        lay = cfg.layout
+        started = time.monotonic()
+        for directory in (lay.home, lay.run_dir, lay.logs_dir, lay.pki_dir, lay.prometheus_targets_dir, lay.pods_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        # First, so a crash from here on leaves a cluster `down`/`up` can recognise and clean.
+        procs.write_atomic(lay.cluster_file, cfg.to_json())
+        self._write_credentials(cfg)
+        procs.write_atomic(
+            lay.prometheus_config,
+            yaml.safe_dump(
+                build_prometheus_config(kubeconfig=lay.kubeconfig, targets_dir=lay.prometheus_targets_dir),
+                sort_keys=False,
+            ),
+        )
+
+        self._spawn(cfg, "etcd", components.etcd_command(cfg))
+        self._wait("etcd", deadline, lambda: _http_ok(f"{cfg.etcd_url}/health"))
+        self._spawn(cfg, "kube-apiserver", components.apiserver_command(cfg))
+        self._wait("kube-apiserver", deadline, lambda: self._apiserver_ready(cfg))
+        self._spawn(cfg, "kube-controller-manager", components.controller_manager_command(cfg))
+        self._spawn(cfg, "kube-scheduler", components.scheduler_command(cfg))
+        insecure = ssl.create_default_context()
+        insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE  # self-signed serving certs
+        for name, port in (
+            ("kube-controller-manager", cfg.ports.controller_manager),
+            ("kube-scheduler", cfg.ports.scheduler),
+        ):
+            self._wait(name, deadline, lambda p=port: _http_ok(f"https://127.0.0.1:{p}/healthz", insecure))  # type: ignore[misc]
+        self._spawn(cfg, "agent", components.agent_command(cfg))
+        self._spawn(cfg, "prometheus", components.prometheus_command(cfg))
+        self._wait_node_ready(cfg, deadline)
+        self._wait("prometheus", deadline, lambda: _http_ok(f"{cfg.prometheus_url}/-/ready"))
+        # Pods in `default` need its ServiceAccount (admission rejects them until it exists).
+        api = self._api()
+        self._wait("kube-controller-manager", deadline, lambda: _exists(api, "/api/v1/namespaces/default/serviceaccounts/default"))
+        self._log(f"dev cluster up in {time.monotonic() - started:.1f}s ({lay.home})")
+
+    def _write_credentials(self, cfg: ClusterConfig) -> None:
+        lay = cfg.layout
+        pki = build_cluster_pki(service_cluster_ip=components.SERVICE_CLUSTER_IP)
+        pki.write(lay.pki_dir)
+        for path, pair, user in (
+            (lay.kubeconfig, pki.admin, "kubetune-admin"),
+            (lay.component_kubeconfig("kube-controller-manager"), pki.controller_manager, "kube-controller-manager"),
+            (lay.component_kubeconfig("kube-scheduler"), pki.scheduler, "kube-scheduler"),
+        ):
+            kubeconfig = components.build_kubeconfig(
+                server=cfg.apiserver_url, ca_pem=pki.ca.cert_pem, cert_pem=pair.cert_pem, key_pem=pair.key_pem, user=user
+            )
+            procs.write_atomic(path, yaml.safe_dump(kubeconfig, sort_keys=False))
+            path.chmod(0o600)
+
+    def _spawn(self, cfg: ClusterConfig, name: str, argv: list[str]) -> None:
+        env = dict(os.environ)
+        env[MARKER_ENV] = cfg.cluster_id
+        env.pop("KUBECONFIG", None)  # components get explicit kubeconfigs; never the user's
+        handle = procs.spawn(argv, log_file=cfg.layout.log_file(name), env=env, cwd=cfg.layout.home)
+        handle.write(cfg.layout.pid_file(name))
+
+    def _wait(self, name: str, deadline: float, ready: Callable[[], bool]) -> None:
+        while True:
+            if self._handle(name) is None:
+                raise DevClusterError(self._explain_exit(name))
+            try:
+                if ready():
+                    return
+            except Exception:  # not ready yet: connection refused, TLS not up, ...
+                pass
+            if time.monotonic() > deadline:
+                raise DevClusterError(
+                    f"{name} did not become ready in time; see {self.layout.log_file(name)}\n{self._log_tail(name)}"
+                )
+            time.sleep(0.2)
+
+    def _wait_node_ready(self, cfg: ClusterConfig, deadline: float) -> None:
+        api = self._api()
+
+        def ready() -> bool:
+            node = api.get(f"/api/v1/nodes/{cfg.node_name}")
+            conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
+            # The node-lifecycle controller lifts the not-ready taint shortly after Ready=True.
+            tainted = any(t.get("key") == "node.kubernetes.io/not-ready" for t in node["spec"].get("taints") or [])
+            return conditions.get("Ready") == "True" and not tainted
+
+        self._wait("agent", deadline, ready)
+
+    def _explain_exit(self, name: str) -> str:
+        tail = self._log_tail(name)
+        hints = [hint for needle, hint in LOG_HINTS if needle in tail.lower()]
+        text = f"{name} exited during startup; last lines of {self.layout.log_file(name)}:\n{tail}"
+        return text + ("\nhint: " + "; ".join(hints) if hints else "")
+
+    def _log_tail(self, name: str, lines: int = 15) -> str:
+        try:
+            content = self.layout.log_file(name).read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join("    " + line for line in content[-lines:])
+
+    def _apiserver_ready(self, cfg: ClusterConfig) -> bool:
+        context = ssl.create_default_context(cafile=str(cfg.layout.pki_dir / "ca.crt"))
+        context.load_cert_chain(str(cfg.layout.pki_dir / "admin.crt"), str(cfg.layout.pki_dir / "admin.key"))
+        try:
+            return _http_ok(f"{cfg.apiserver_url}/readyz", context)
+        except (OSError, ssl.SSLError):
+            return False
+
+    def _api(self) -> KubeApi:
+        return KubeApi.from_kubeconfig(self.layout.kubeconfig, timeout=10.0)
+
+    def _require_config(self) -> ClusterConfig:
+        cfg = self.config
+        if cfg is None:
+            raise DevClusterError(f"no dev cluster in {self.layout.home}; run `kubetune dev up`")
+        return cfg
+
+    def _handle(self, name: str) -> procs.ProcessHandle | None:
+        handle = procs.ProcessHandle.read(self.layout.pid_file(name))
+        if handle is None:
+            return None
+        procs.reap(handle.pid)  # our own child that died is a zombie until reaped
+        return handle if handle.alive() else None
+
+    # ------------------------------------------------------------------ teardown
+
+    def _stop_processes(self, cfg: ClusterConfig | None) -> None:
+        for name in reversed(COMPONENTS):
+            handle = procs.ProcessHandle.read(self.layout.pid_file(name))
+            if handle is not None:
+                procs.stop(handle, grace=10.0)
+            self.layout.pid_file(name).unlink(missing_ok=True)
+        # Pods the agent started run in their own process groups and outlive it, as with a kubelet.
+        for rec in load_records(self.layout.pods_dir):
+            for container in rec.containers:
+                handle = container.handle
+                if handle is not None and handle.alive():
+                    procs.stop(handle, grace=2.0)
+        if cfg is not None:
+            procs.sweep(MARKER_ENV, cfg.cluster_id)
+
+    def _teardown(self) -> None:
+        cfg = self.config
+        self._stop_processes(cfg)
+        if self.layout.home.exists():
+            shutil.rmtree(self.layout.home, ignore_errors=True)
+        if self.layout.home.exists():  # e.g. a file busy in a stale mount: one retry, then report
+            time.sleep(0.5)
+            shutil.rmtree(self.layout.home)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.layout.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.layout.lock_file, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=context) as resp:
+            return 200 <= int(resp.status) < 300
+    except urllib.error.HTTPError:
+        return False
+
+
+def _exists(api: KubeApi, path: str) -> bool:
+    try:
+        api.get(path)
+    except ApiError as exc:
+        if exc.is_not_found:
+            return False
+        raise
+    return True

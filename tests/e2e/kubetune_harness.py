@@ -1,0 +1,155 @@
+"""Helpers for operator e2e tests: the operator as a real process, and polling reads of the cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes import client
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+GROUP, VERSION = "kubetune.io", "v1alpha1"
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 300.0, interval: float = 0.5) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class OperatorProcess:
+    """`python -m kubetune.handlers.main` against the dev cluster; killable like a crashed pod."""
+
+    def __init__(self, kubeconfig: Path, prometheus_url: str | None, log_path: Path, **env: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.prometheus_url = prometheus_url
+        self.log_path = log_path
+        self.extra_env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env.update(
+            {
+                "KUBECONFIG": str(self.kubeconfig),
+                "KUBETUNE_PROMETHEUS_URL": self.prometheus_url or "",
+                "KUBETUNE_OPERATOR_METRICS_PORT": "0",
+                "KUBETUNE_HEALTH_PORT": "0",
+                "KUBETUNE_METRICS_POLL_SECONDS": "0.5",
+                "PYTHONUNBUFFERED": "1",
+                **self.extra_env,
+            }
+        )
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        log.write(f"\n===== operator start {self.starts} =====\n".encode())
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kubetune.handlers.main"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.starts += 1
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, exactly what a node loss or OOM kill does."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Cluster:
+    """Typed reads and writes of kubetune objects through the official client."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    def apply_example(self, file: str, name: str | None = None, **spec_overrides: Any) -> dict[str, Any]:
+        manifest = yaml.safe_load((EXAMPLES / file).read_text())
+        if name is not None:
+            manifest["metadata"]["name"] = name
+        for key, value in spec_overrides.items():
+            manifest["spec"][key] = value
+        return self.create_job(manifest)
+
+    def create_job(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "tuningjobs", manifest
+        )
+        return created
+
+    def job(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "tuningjobs",
+                                                                         name)
+        return found
+
+    def patch_job(self, name: str, patch: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, "tuningjobs", name, patch)
+
+    def trials(self, job: str) -> list[dict[str, Any]]:
+        listed = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "trials", label_selector=f"kubetune.io/job={job}"
+        )
+        return sorted(listed["items"], key=lambda t: t["spec"]["index"])
+
+    def pods(self, job: str) -> list[Any]:
+        return list(self.core.list_namespaced_pod(self.namespace, label_selector=f"kubetune.io/job={job}").items)
+
+    def events(self, name: str) -> list[Any]:
+        selector = f"involvedObject.name={name}"
+        return list(self.core.list_namespaced_event(self.namespace, field_selector=selector).items)
+
+    def wait_finished(self, name: str, timeout: float = 600.0) -> dict[str, Any]:
+        def finished() -> dict[str, Any] | None:
+            job = self.job(name)
+            return job if (job.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
+
+        return wait_for(f"TuningJob {name} to finish", finished, timeout=timeout, interval=1.0)
+
+
+def condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in (job.get("status") or {}).get("conditions", []) if c["type"] == type_), None)
+
+
+def prometheus_query(url: str, promql: str) -> list[dict[str, Any]]:
+    data = urllib.parse.urlencode({"query": promql}).encode()
+    with urllib.request.urlopen(url.rstrip("/") + "/api/v1/query", data=data, timeout=10) as response:
+        payload = json.load(response)
+    assert payload["status"] == "success", payload
+    result: list[dict[str, Any]] = payload["data"]["result"]
+    return result

@@ -1,0 +1,233 @@
+"""The operator end to end: real API server, controllers, node agent, Prometheus and trainer."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from kubetune.dev.cluster import ClusterInfo
+
+from .kubetune_harness import REPO, Cluster, OperatorProcess, condition, prometheus_query, wait_for
+
+
+@pytest.fixture(scope="module")
+def api(dev_cluster: ClusterInfo) -> Iterator[client.ApiClient]:
+    api_client = config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
+    install_crds(api_client)
+    yield api_client
+    api_client.close()
+
+
+def install_crds(api_client: client.ApiClient) -> None:
+    extensions = client.ApiextensionsV1Api(api_client)
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        manifest = yaml.safe_load(path.read_text())
+        try:
+            extensions.create_custom_resource_definition(manifest)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            current = extensions.read_custom_resource_definition(manifest["metadata"]["name"])
+            manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
+            extensions.replace_custom_resource_definition(manifest["metadata"]["name"], manifest)
+
+        def established(name: str = manifest["metadata"]["name"]) -> bool:
+            crd = extensions.read_custom_resource_definition(name)
+            return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+        wait_for(f"CRD {path.name} established", established, timeout=60)
+
+
+def make_namespace(api_client: client.ApiClient, prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    client.CoreV1Api(api_client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    return name
+
+
+@pytest.fixture(scope="module")
+def tuning(api: client.ApiClient, dev_cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[tuple[Cluster, OperatorProcess]]:
+    """One namespace and one operator process watching only it."""
+    namespace = make_namespace(api, "tune")
+    operator = OperatorProcess(
+        dev_cluster.kubeconfig, dev_cluster.prometheus_url, tmp_path_factory.mktemp("operator") / "operator.log",
+        KUBETUNE_NAMESPACES=namespace,
+    )
+    operator.start()
+    yield Cluster(api, namespace), operator
+    operator.stop()
+    client.CoreV1Api(api).delete_namespace(namespace)
+
+
+def trial_epochs(trial: dict[str, Any]) -> int:
+    intermediate = (trial.get("status") or {}).get("intermediate") or []
+    return int(max((step for step, _ in intermediate), default=0))
+
+
+def test_bayesian_job_completes_with_best_trial_and_prometheus_series(
+    tuning: tuple[Cluster, OperatorProcess], dev_cluster: ClusterInfo
+) -> None:
+    cluster, operator = tuning
+    cluster.apply_example("digits-bayesian.yaml")
+    job = cluster.wait_finished("digits-bayesian", timeout=900)
+    assert job["status"]["phase"] == "Succeeded", (job["status"], operator.log_tail())
+    succeeded = condition(job, "Succeeded")
+    assert succeeded is not None and succeeded["reason"] == "MaxTrialsReached"
+
+    trials = cluster.trials("digits-bayesian")
+    assert [t["metadata"]["name"] for t in trials] == [f"digits-bayesian-{i}" for i in range(12)]
+    assert all(t["status"]["phase"] == "Succeeded" for t in trials), [t["status"] for t in trials]
+    best = max(trials, key=lambda t: t["status"]["objective"])
+    assert job["status"]["bestTrial"]["name"] == best["metadata"]["name"]
+    assert job["status"]["bestTrial"]["objective"] == best["status"]["objective"]
+    assert job["status"]["bestTrial"]["objective"] > 0.8  # a real model on digits
+    assert job["status"]["counts"] == {"created": 12, "pending": 0, "running": 0, "succeeded": 12, "failed": 0,
+                                       "earlyStopped": 0}
+    assert job["status"]["progress"] == "12/12"
+    # Every trial's curve reached Prometheus through pod discovery.
+    series = prometheus_query(
+        dev_cluster.prometheus_url,
+        f'count by (kubetune_io_trial) (last_over_time(kubetune_trial_metric{{namespace="{cluster.namespace}",'
+        f'kubetune_io_job="digits-bayesian",metric="val_accuracy"}}[1h]))',
+    )
+    assert {s["metric"]["kubetune_io_trial"] for s in series} == {t["metadata"]["name"] for t in trials}
+    # Hyperparameters reached the container as env vars.
+    pods = {p.metadata.labels["kubetune.io/trial"]: p for p in cluster.pods("digits-bayesian")}
+    for trial in trials:
+        env = {e.name: e.value for e in pods[trial["metadata"]["name"]].spec.containers[0].env}
+        assert env["KUBETUNE_PARAM_HIDDEN_UNITS"] == str(trial["spec"]["parameters"]["hidden_units"])
+    reasons = {e.reason for t in trials[:2] for e in cluster.events(t["metadata"]["name"])}
+    assert "TrialSucceeded" in reasons
+
+
+def test_asha_stops_trials_early_and_saves_epochs(tuning: tuple[Cluster, OperatorProcess]) -> None:
+    cluster, operator = tuning
+    cluster.apply_example("digits-asha.yaml")
+    cluster.apply_example("digits-asha.yaml", name="digits-full", earlyStopping={"rule": "none"})
+    asha = cluster.wait_finished("digits-asha", timeout=900)
+    full = cluster.wait_finished("digits-full", timeout=900)
+    assert asha["status"]["phase"] == full["status"]["phase"] == "Succeeded", operator.log_tail()
+    asha_trials, full_trials = cluster.trials("digits-asha"), cluster.trials("digits-full")
+    stopped = [t for t in asha_trials if t["status"]["phase"] == "EarlyStopped"]
+    assert stopped, [t["status"] for t in asha_trials]
+    decision = stopped[0]["status"]["earlyStopping"]
+    assert decision["rule"] == "asha" and decision["step"] >= 1
+    assert asha["status"]["counts"]["earlyStopped"] == len(stopped)
+    asha_epochs = sum(trial_epochs(t) for t in asha_trials)
+    full_epochs = sum(trial_epochs(t) for t in full_trials)
+    print(f"asha trial-epochs {asha_epochs} vs no early stopping {full_epochs}")
+    assert full_epochs == 9 * 9
+    assert asha_epochs < full_epochs
+
+
+def test_gpu_trials_never_exceed_the_node_gpus(tuning: tuple[Cluster, OperatorProcess]) -> None:
+    cluster, operator = tuning
+    cluster.apply_example("gpu-random.yaml")
+    most_running = 0
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        running = [p for p in cluster.pods("gpu-random") if p.status.phase == "Running"]
+        most_running = max(most_running, len(running))
+        if cluster.job("gpu-random").get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            break
+        time.sleep(0.3)
+    job = cluster.job("gpu-random")
+    assert job["status"]["phase"] == "Succeeded", operator.log_tail()
+    assert job["status"]["counts"]["succeeded"] == 8
+    assert 1 <= most_running <= 4
+
+
+def test_failing_trials_fail_the_job_with_the_cause(tuning: tuple[Cluster, OperatorProcess]) -> None:
+    cluster, _ = tuning
+    manifest = yaml.safe_load((REPO / "examples" / "digits-random.yaml").read_text())
+    manifest["metadata"]["name"] = "always-fails"
+    manifest["spec"]["budget"] = {"maxTrials": 6, "parallelism": 2, "maxFailedTrials": 1}
+    manifest["spec"]["trialTemplate"]["retries"] = 1
+    container = manifest["spec"]["trialTemplate"]["template"]["spec"]["containers"][0]
+    container["command"] = ["python", "-c", "import sys; print('bad data'); sys.exit(1)"]
+    container["args"] = []
+    cluster.create_job(manifest)
+    job = cluster.wait_finished("always-fails", timeout=300)
+    assert job["status"]["phase"] == "Failed"
+    failed = condition(job, "Failed")
+    assert failed is not None and failed["reason"] == "TooManyFailedTrials"
+    assert "exit code 1" in failed["message"]
+    trials = cluster.trials("always-fails")
+    assert sum(t["status"]["phase"] == "Failed" for t in trials) == 2
+    assert all(t["status"]["attempts"] == 2 for t in trials if t["status"]["phase"] == "Failed")
+    assert not [p for p in cluster.pods("always-fails") if p.status.phase in ("Pending", "Running")]
+
+
+def test_bad_promql_is_a_condition_and_results_still_arrive(tuning: tuple[Cluster, OperatorProcess]) -> None:
+    cluster, operator = tuning
+    cluster.apply_example(
+        "digits-random.yaml", name="bad-promql",
+        objective={"metric": "val_accuracy", "goal": "maximize", "promql": "sum(rate(oops[5m]) by"},
+        earlyStopping={"rule": "median", "minTrials": 2},
+        budget={"maxTrials": 3, "parallelism": 3},
+    )
+
+    def degraded() -> dict[str, Any] | None:
+        metrics = condition(cluster.job("bad-promql"), "MetricsAvailable")
+        return metrics if metrics and metrics["status"] == "False" else None
+
+    metrics = wait_for("MetricsAvailable=False", degraded, timeout=300)
+    assert metrics["reason"] == "PromQLError"
+    job = cluster.wait_finished("bad-promql", timeout=600)
+    assert job["status"]["phase"] == "Succeeded", operator.log_tail()
+    assert job["status"]["counts"]["succeeded"] == 3
+    assert operator.alive()
+
+
+def test_deleting_a_job_removes_trials_and_pods(tuning: tuple[Cluster, OperatorProcess]) -> None:
+    cluster, _ = tuning
+    cluster.apply_example("digits-random.yaml", name="short-lived")
+    wait_for("a trial pod", lambda: cluster.pods("short-lived"), timeout=120)
+    cluster.custom.delete_namespaced_custom_object(
+        "kubetune.io", "v1alpha1", cluster.namespace, "tuningjobs", "short-lived",
+        body=client.V1DeleteOptions(propagation_policy="Background"),
+    )
+    wait_for("trials and pods garbage-collected",
+             lambda: not cluster.trials("short-lived") and not cluster.pods("short-lived"), timeout=180)
+
+
+def test_operator_survives_sigkill_without_losing_or_duplicating_trials(
+    api: client.ApiClient, dev_cluster: ClusterInfo, tmp_path: Path
+) -> None:
+    namespace = make_namespace(api, "crash")
+    operator = OperatorProcess(dev_cluster.kubeconfig, dev_cluster.prometheus_url, tmp_path / "operator.log",
+                               KUBETUNE_NAMESPACES=namespace)
+    cluster = Cluster(api, namespace)
+    chaos = random.Random(20261129)
+    kills = 0
+    try:
+        operator.start()
+        cluster.apply_example("digits-random.yaml", name="crashy", budget={"maxTrials": 8, "parallelism": 2})
+        while cluster.job("crashy").get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+            time.sleep(chaos.uniform(1.0, 6.0))
+            if kills < 5:
+                operator.kill()
+                kills += 1
+                time.sleep(chaos.uniform(0.0, 2.0))
+                operator.start()
+            assert operator.starts < 50
+        job = cluster.wait_finished("crashy", timeout=600)
+    finally:
+        operator.stop()
+    assert kills >= 3, "the job finished before the operator could be killed a few times"
+    assert job["status"]["phase"] == "Succeeded", operator.log_tail()
+    trials = cluster.trials("crashy")
+    assert [t["metadata"]["name"] for t in trials] == [f"crashy-{i}" for i in range(8)]
+    assert all(t["status"]["phase"] == "Succeeded" and t["status"]["objective"] is not None for t in trials)
+    pods = cluster.pods("crashy")
+    assert sorted(p.metadata.name for p in pods) == sorted(f"crashy-{i}-1" for i in range(8)), "a trial ran twice"
+    client.CoreV1Api(api).delete_namespace(namespace)
