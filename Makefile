@@ -40,6 +40,7 @@ demo: setup
 	bash hack/demo.sh
 
 demo-down:
+	-eval "$$($(VENV)/bin/kubetune dev env)" && test -f "$$KUBETUNE_DEV_HOME/operator.pid" && kill "$$(cat $$KUBETUNE_DEV_HOME/operator.pid)"
 	$(VENV)/bin/kubetune dev down
 
 crds: venv

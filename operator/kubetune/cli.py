@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "kubetune.api.cli",
     "kubetune.dev.cli",
+    "kubetune.search.cli",
     "kubetune.handlers.main",
 )
 

@@ -140,9 +140,7 @@ class ReporterSettings:
         except ValueError:
             raise ValueError(f"{ENV_METRICS_PORT} must be an integer, got {port_text!r}") from None
         try:
-            timeout = (
-                float(timeout_text) if timeout_text is not None else DEFAULT_FINAL_SCRAPE_TIMEOUT_SECONDS
-            )
+            timeout = float(timeout_text) if timeout_text is not None else DEFAULT_FINAL_SCRAPE_TIMEOUT_SECONDS
         except ValueError:
             raise ValueError(f"{ENV_FINAL_SCRAPE_TIMEOUT} must be a number, got {timeout_text!r}") from None
         return cls(
@@ -174,9 +172,7 @@ def _json_number(value: float) -> float | None:
 
 def _ordered(metrics: Mapping[str, float]) -> dict[str, float]:
     """Primary metrics first, then the rest alphabetically."""
-    keys = [k for k in PRIMARY_METRICS if k in metrics] + sorted(
-        k for k in metrics if k not in PRIMARY_METRICS
-    )
+    keys = [k for k in PRIMARY_METRICS if k in metrics] + sorted(k for k in metrics if k not in PRIMARY_METRICS)
     return {k: metrics[k] for k in keys}
 
 
@@ -268,9 +264,7 @@ class _ScrapeTracker:
 class _MetricsServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(
-        self, address: tuple[str, int], registry: CollectorRegistry, tracker: _ScrapeTracker
-    ) -> None:
+    def __init__(self, address: tuple[str, int], registry: CollectorRegistry, tracker: _ScrapeTracker) -> None:
         self.registry = registry
         self.tracker = tracker
         super().__init__(address, _MetricsHandler)
@@ -334,9 +328,7 @@ class TrialReporter:
             ["metric"],
             registry=self.registry,
         )
-        self._done = Gauge(
-            "kubetune_trial_done", "1 once the trial has finished, else 0.", registry=self.registry
-        )
+        self._done = Gauge("kubetune_trial_done", "1 once the trial has finished, else 0.", registry=self.registry)
         self._done.set(0)
         self._lock = threading.Lock()
         self._history = _History()
@@ -358,9 +350,7 @@ class TrialReporter:
                 return
             address = (self.settings.metrics_address, self.settings.metrics_port)
             self._server = _MetricsServer(address, self.registry, self._tracker)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, name="kubetune-metrics", daemon=True
-            )
+            self._thread = threading.Thread(target=self._server.serve_forever, name="kubetune-metrics", daemon=True)
             self._thread.start()
         log.info("serving metrics on http://%s:%d%s", *address, METRICS_PATH)
 

@@ -12,10 +12,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 import kubetune
+import pytest
 from kubetune.report import (
     TERMINATION_MESSAGE_LIMIT_BYTES,
     ReporterSettings,
@@ -23,6 +21,7 @@ from kubetune.report import (
     build_termination_message,
     metric_goal,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 from kubetune_trainer.cli import build_parser
 from kubetune_trainer.config import KNOBS, ConfigError, TrainerConfig, knob_values_from_args, resolve_config
+from kubetune_trainer.docs import replace_knob_table
 
 README = Path(__file__).resolve().parents[2] / "trainer-image" / "README.md"
 
@@ -71,8 +71,11 @@ def test_values_parse_to_the_knob_type(name: str, raw: object, expected: object)
         ({"KUBETUNE_PARAM_DATASET": "mnist"}, "dataset", "csv:<path>"),
         ({"KUBETUNE_PARAM_AUGMENT": "shift,zoom"}, "augment", "zoom"),
         ({"KUBETUNE_PARAM_DEVICE": "tpu"}, "device", "tpu"),
-        ({"KUBETUNE_PARAM_MOMENTUM": "0", "KUBETUNE_PARAM_NESTEROV": "1", "KUBETUNE_PARAM_OPTIMIZER": "sgd"},
-         "nesterov", "momentum > 0"),
+        (
+            {"KUBETUNE_PARAM_MOMENTUM": "0", "KUBETUNE_PARAM_NESTEROV": "1", "KUBETUNE_PARAM_OPTIMIZER": "sgd"},
+            "nesterov",
+            "momentum > 0",
+        ),
         ({"KUBETUNE_PARAM_LEARNING_RATE": "0.1"}, "learning_rate", "unknown knob"),
         ({"KUBETUNE_PARAMS": '{"lrr": 0.1}'}, "lrr", "unknown knob"),
         ({"KUBETUNE_PARAMS": "[1, 2]"}, "KUBETUNE_PARAMS", "JSON object"),
@@ -96,11 +99,11 @@ def test_error_says_where_the_value_came_from() -> None:
         resolve_config({}, {"KUBETUNE_PARAMS": '{"epochs": -2}'})
 
 
-def test_defaults_are_valid_and_documented() -> None:
+def test_defaults_are_valid_and_the_readme_table_is_current() -> None:
     TrainerConfig()
     readme = README.read_text()
-    undocumented = [name for name in KNOBS if f"`{name}`" not in readme]
-    assert undocumented == []
+    assert replace_knob_table(readme) == readme, "run: python -m kubetune_trainer.docs trainer-image/README.md"
+    assert all(f"| `{name}` |" in readme for name in KNOBS)
 
 
 def test_augment_list_parsing() -> None:

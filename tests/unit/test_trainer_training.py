@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from functools import cache
 
 import pytest
 import torch
-from torch import nn
-
 from kubetune_trainer.augment import Augmenter
 from kubetune_trainer.config import ConfigError, TrainerConfig
 from kubetune_trainer.data import PreparedData, prepare_data
 from kubetune_trainer.models import build_model
 from kubetune_trainer.optim import lr_at_epoch
 from kubetune_trainer.training import EpochMetrics, TrainingOutcome, resolve_device, train
+from torch import nn
 
 CPU = torch.device("cpu")
 
@@ -34,15 +32,24 @@ def data_for(config: TrainerConfig) -> PreparedData:
     return prepare_data(config)
 
 
+DATA_KNOBS = (
+    "dataset",
+    "val_fraction",
+    "data_seed",
+    "n_samples",
+    "n_features",
+    "n_classes",
+    "standardize",
+    "pca_components",
+    "rfe_features",
+)
+
+
 def run(**knobs: object) -> TrainingOutcome:
+    """Train with `knobs` on CPU; prepared data is shared between tests with the same data knobs."""
     config = TrainerConfig(**knobs)  # type: ignore[arg-type]
-    return train(config, data_for(replace(TrainerConfig(), **_data_knobs(config))), device=CPU)
-
-
-def _data_knobs(config: TrainerConfig) -> dict[str, object]:
-    names = ("dataset", "val_fraction", "data_seed", "n_samples", "n_features", "n_classes", "standardize",
-             "pca_components", "rfe_features")
-    return {name: getattr(config, name) for name in names}
+    data_config = TrainerConfig(**{name: getattr(config, name) for name in DATA_KNOBS})
+    return train(config, data_for(data_config), device=CPU)
 
 
 def weight_l1(model: nn.Module) -> float:
@@ -73,7 +80,12 @@ def test_epoch_metrics_follow_the_contract() -> None:
     outcome = train(TrainerConfig(epochs=3), data_for(TrainerConfig()), device=CPU, on_epoch=seen.append)
     assert [m.epoch for m in seen] == [1, 2, 3] and seen == outcome.history
     assert set(seen[0].as_dict()) == {
-        "train_loss", "val_loss", "val_accuracy", "lr", "samples_per_second", "epoch_seconds"
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "samples_per_second",
+        "epoch_seconds",
     }  # gpu_memory_bytes only on CUDA
     assert all(m.samples_per_second > 0 and m.epoch_seconds > 0 for m in seen)
 
@@ -192,8 +204,7 @@ def test_stop_request_ends_at_a_batch_boundary() -> None:
         if metrics.epoch == 2:
             stop.set()
 
-    outcome = train(TrainerConfig(epochs=50), data_for(TrainerConfig()), device=CPU, stop=stop,
-                    on_epoch=stop_after_two)
+    outcome = train(TrainerConfig(epochs=50), data_for(TrainerConfig()), device=CPU, stop=stop, on_epoch=stop_after_two)
     assert outcome.status == "stopped" and outcome.epochs_completed == 2
 
 

@@ -83,12 +83,8 @@ class Augmenter:
         if shift:
             applied = self._mask(n, device)
             span = 2 * self.max_shift + 1
-            dx = (
-                torch.randint(span, (n,), device=device, generator=self.generator) - self.max_shift
-            ) * applied
-            dy = (
-                torch.randint(span, (n,), device=device, generator=self.generator) - self.max_shift
-            ) * applied
+            dx = (torch.randint(span, (n,), device=device, generator=self.generator) - self.max_shift) * applied
+            dy = (torch.randint(span, (n,), device=device, generator=self.generator) - self.max_shift) * applied
         cos, sin = torch.cos(angle), torch.sin(angle)
         # affine_grid maps output to input coordinates in [-1, 1]; one pixel is 2/side.
         theta = torch.stack(
@@ -100,7 +96,5 @@ class Augmenter:
         ).to(x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         # grid_sample pads with zeros; shift so the padding is the background value.
-        resampled = F.grid_sample(
-            x - self.background, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )
+        resampled = F.grid_sample(x - self.background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return resampled + self.background

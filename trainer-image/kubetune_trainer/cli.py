@@ -124,9 +124,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     """Run one trial; returns the process exit code."""
     env = os.environ if env is None else env
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
-        )
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
 
     try:
@@ -135,9 +133,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         log.error("invalid runtime settings: %s", error)
         path = env.get(ENV_TERMINATION_MESSAGE_PATH) or DEFAULT_TERMINATION_MESSAGE_PATH
         fallback = ReporterSettings(metrics_port=0, termination_message_path=path)
-        return _finish_without_exporter(
-            fallback, "failed", f"invalid runtime settings: {error}", EXIT_BAD_INPUT
-        )
+        return _finish_without_exporter(fallback, "failed", f"invalid runtime settings: {error}", EXIT_BAD_INPUT)
     try:
         resolved = resolve_config(knob_values_from_args(args), env)
     except ConfigError as error:

@@ -93,9 +93,7 @@ class TrainerConfig:
         "standardise inputs with train-set statistics (per feature; one mean/std for images)",
         "features",
     )
-    pca_components: int = knob(
-        0, "project onto this many principal components (0 = off); fit on train", "features"
-    )
+    pca_components: int = knob(0, "project onto this many principal components (0 = off); fit on train", "features")
     rfe_features: int = knob(
         0,
         "recursive feature elimination down to k features with a logistic model (0 = off); fit on train",
@@ -118,41 +116,29 @@ class TrainerConfig:
     lr_schedule: str = knob("constant", "learning-rate schedule after warmup", "optimization", LR_SCHEDULES)
     step_size: int = knob(10, "step schedule: epochs between decays", "optimization")
     gamma: float = knob(0.1, "step schedule: decay factor in (0, 1]", "optimization")
-    warmup_epochs: int = knob(
-        0, "linear warmup from lr/warmup_epochs to lr over this many epochs", "optimization"
-    )
+    warmup_epochs: int = knob(0, "linear warmup from lr/warmup_epochs to lr over this many epochs", "optimization")
     # regularisation
     weight_decay: float = knob(
         0.0, "L2 penalty via the optimiser (decoupled for adamw), applied to all parameters", "regularization"
     )
-    l1: float = knob(
-        0.0, "L1 penalty coefficient on weights (not biases), added to the loss", "regularization"
-    )
-    patience: int = knob(
-        0, "early stopping: epochs without improvement before stopping (0 = off)", "regularization"
-    )
-    min_delta: float = knob(
-        0.0, "early stopping: smallest change that counts as improvement", "regularization"
-    )
+    l1: float = knob(0.0, "L1 penalty coefficient on weights (not biases), added to the loss", "regularization")
+    patience: int = knob(0, "early stopping: epochs without improvement before stopping (0 = off)", "regularization")
+    min_delta: float = knob(0.0, "early stopping: smallest change that counts as improvement", "regularization")
     early_stopping_metric: str = knob(
         "val_loss", "early stopping: metric watched", "regularization", EARLY_STOPPING_METRICS
     )
     # augmentation (image datasets, training batches only)
     augment: str = knob(
         "",
-        "comma-separated subset of shift, flip, rotate, noise (empty = off); flip is opt-in, "
-        "don't flip digits",
+        "comma-separated subset of shift, flip, rotate, noise (empty = off); flip is opt-in, don't flip digits",
         "augmentation",
     )
     augment_strength: float = knob(
         0.5,
-        "scales magnitudes in [0, 1]: at 1, shift up to 25% of the image side, rotate up to 30 degrees, "
-        "noise std 0.5",
+        "scales magnitudes in [0, 1]: at 1, shift up to 25% of the image side, rotate up to 30 degrees, noise std 0.5",
         "augmentation",
     )
-    augment_prob: float = knob(
-        0.5, "probability each selected op is applied to each sample, in [0, 1]", "augmentation"
-    )
+    augment_prob: float = knob(0.5, "probability each selected op is applied to each sample, in [0, 1]", "augmentation")
     # runtime
     seed: int = knob(0, "seeds weight init, batch order and augmentation", "runtime")
     device: str = knob("auto", "auto (CUDA when available), cpu, cuda or cuda:N", "runtime")
@@ -223,9 +209,7 @@ class TrainerConfig:
         )
         _require("l1", self.l1, math.isfinite(self.l1) and self.l1 >= 0, "must be >= 0")
         _require("patience", self.patience, self.patience >= 0, "must be >= 0 (0 = off)")
-        _require(
-            "min_delta", self.min_delta, math.isfinite(self.min_delta) and self.min_delta >= 0, "must be >= 0"
-        )
+        _require("min_delta", self.min_delta, math.isfinite(self.min_delta) and self.min_delta >= 0, "must be >= 0")
         _require("seed", self.seed, self.seed >= 0, "must be >= 0")
 
     def _validate_augmentation(self) -> None:
@@ -235,9 +219,7 @@ class TrainerConfig:
                 "augment",
                 f"unknown operation(s) {', '.join(unknown)}; choose from {', '.join(AUGMENTATIONS)}",
             )
-        _require(
-            "augment_strength", self.augment_strength, 0 <= self.augment_strength <= 1, "must be in [0, 1]"
-        )
+        _require("augment_strength", self.augment_strength, 0 <= self.augment_strength <= 1, "must be in [0, 1]")
         _require("augment_prob", self.augment_prob, 0 <= self.augment_prob <= 1, "must be in [0, 1]")
 
     @property

@@ -96,9 +96,7 @@ def make_synthetic(n_samples: int, n_features: int, n_classes: int, seed: int) -
     """
     needed = max(1, math.ceil(math.log2(n_classes)))
     if needed > n_features:
-        raise ConfigError(
-            "n_features", f"{n_classes} classes need at least {needed} features, got {n_features}"
-        )
+        raise ConfigError("n_features", f"{n_classes} classes need at least {needed} features, got {n_features}")
     n_informative = min(n_features, max(needed, n_features // 2))
     x, y = make_classification(
         n_samples=n_samples,
@@ -129,9 +127,7 @@ def load_csv(path: str, label_column: str) -> RawDataset:
             raise ConfigError("dataset", f"CSV file is empty: {path}")
         header = [name.strip() for name in header]
         if label_column not in header:
-            raise ConfigError(
-                "label_column", f"column {label_column!r} not in {path} (columns: {', '.join(header)})"
-            )
+            raise ConfigError("label_column", f"column {label_column!r} not in {path} (columns: {', '.join(header)})")
         label_index = header.index(label_column)
         rows: list[list[float]] = []
         labels: list[str] = []
@@ -139,9 +135,7 @@ def load_csv(path: str, label_column: str) -> RawDataset:
             if not row or all(not cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
-                raise ConfigError(
-                    "dataset", f"{path}:{line_number}: expected {len(header)} columns, got {len(row)}"
-                )
+                raise ConfigError("dataset", f"{path}:{line_number}: expected {len(header)} columns, got {len(row)}")
             values: list[float] = []
             for column, cell in enumerate(row):
                 if column == label_index:
@@ -154,9 +148,7 @@ def load_csv(path: str, label_column: str) -> RawDataset:
                         f"{path}:{line_number}: column {header[column]!r} is not a number: {cell!r}",
                     ) from None
                 if not math.isfinite(value):
-                    raise ConfigError(
-                        "dataset", f"{path}:{line_number}: column {header[column]!r} is {cell!r}"
-                    )
+                    raise ConfigError("dataset", f"{path}:{line_number}: column {header[column]!r} is {cell!r}")
                 values.append(value)
             rows.append(values)
             labels.append(row[label_index].strip())
@@ -164,9 +156,7 @@ def load_csv(path: str, label_column: str) -> RawDataset:
         raise ConfigError("dataset", f"{path} has no feature columns besides {label_column!r}")
     classes = _sorted_labels(set(labels))
     if len(classes) < 2:
-        raise ConfigError(
-            "dataset", f"{path} needs at least 2 classes in {label_column!r}, found {len(classes)}"
-        )
+        raise ConfigError("dataset", f"{path} needs at least 2 classes in {label_column!r}, found {len(classes)}")
     index = {label: i for i, label in enumerate(classes)}
     return RawDataset(
         name=f"csv:{os.path.basename(path)}",
@@ -223,9 +213,7 @@ def prepare_data(config: TrainerConfig, raw: RawDataset | None = None) -> Prepar
     if config.rfe_features:
         n_features = x_train.shape[1]
         if config.rfe_features > n_features:
-            raise ConfigError(
-                "rfe_features", f"{config.rfe_features} exceeds the {n_features} input features"
-            )
+            raise ConfigError("rfe_features", f"{config.rfe_features} exceeds the {n_features} input features")
         selector = RFE(
             LogisticRegression(max_iter=500),
             n_features_to_select=config.rfe_features,

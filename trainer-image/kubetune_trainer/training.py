@@ -216,9 +216,7 @@ def train(
             lr=lr,
             samples_per_second=n_train / train_seconds if train_seconds > 0 else 0.0,
             epoch_seconds=time.perf_counter() - started,
-            gpu_memory_bytes=float(torch.cuda.max_memory_allocated(device))
-            if device.type == "cuda"
-            else None,
+            gpu_memory_bytes=float(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
         )
         history.append(metrics)
         log.info(
@@ -280,6 +278,4 @@ def _build_augmenter(config: TrainerConfig, data: PreparedData, device: torch.de
         )
         return None
     generator = torch.Generator(device=device).manual_seed(config.seed + 1)
-    return Augmenter(
-        ops, config.augment_strength, config.augment_prob, data.image_shape, data.background, generator
-    )
+    return Augmenter(ops, config.augment_strength, config.augment_prob, data.image_shape, data.background, generator)

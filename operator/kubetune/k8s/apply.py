@@ -122,19 +122,19 @@ class PlanApplier:
         name = action.trial["metadata"]["name"]
         try:
             created = await self.client.create(trials_path(job.namespace), action.trial)
-            result.created_trials += 1
         except AlreadyExists:
-            # A stale cache or a restart: the Trial of this index exists; keep it, never duplicate.
-            created = await self.client.get(trials_path(job.namespace, name))
+            # A stale cache or a restart: this index exists already. Keep it, never duplicate;
+            # the next reconcile sees it in the cache and gives it a pod if it has none.
+            return
+        result.created_trials += 1
         uid = created["metadata"]["uid"]
         uids[name] = uid
         pod = copy.deepcopy(action.pod)
         pod["metadata"]["ownerReferences"] = [owner_reference(API_VERSION, "Trial", name, uid)]
-        if created.get("spec", {}).get("parameters") != action.trial["spec"]["parameters"]:
-            return  # the existing Trial has other parameters; the next reconcile builds its pod from them
         await self._create_pod(job, pod, result)
-        status = {"phase": "Pending", "attempts": 1}
-        await self.client.merge_patch(trials_path(job.namespace, name, "status"), {"status": status})
+        await self.client.merge_patch(
+            trials_path(job.namespace, name, "status"), {"status": {"phase": "Pending", "attempts": 1}}
+        )
 
     async def _create_pod(self, job: JobRef, pod: Json, result: ApplyResult) -> None:
         try:

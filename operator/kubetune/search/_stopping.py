@@ -23,10 +23,11 @@ asha (asynchronous successive halving, stopping variant as Optuna's
     when fewer than eta trials have reached the rung). Being a pure function of
     the history, the judgement is repeated on each call: a trial that was in the
     top fraction when it got to a rung is stopped if enough better trials reach
-    that rung before it reaches the next one.
+    that rung before it reaches the next one. A trial that has reported
+    maxResource is never stopped.
 hyperband: brackets b = 0..s_max (s_max = floor(log_eta(max / min))); bracket b
-    runs ASHA with its first rung at minResource * eta^b, so the last bracket
-    never stops anything. Trial i joins a bracket by the golden-ratio sequence
+    runs ASHA with its first rung at minResource * eta^b (the last bracket has
+    at most one rung, none when maxResource = minResource * eta^s_max). Trial i joins a bracket by the golden-ratio sequence
     frac(i * 0.618...) over bracket weights proportional to Hyperband's trial
     counts ceil((s_max + 1) / (s + 1) * eta^s), s = s_max - b: deterministic,
     balanced and interleaved. Trials compete only within their bracket.
@@ -114,11 +115,13 @@ def _rungs(min_resource: float, max_resource: float, eta: int, first: int) -> li
 
 
 def _successive_halving(
-    trials: list[Observation], rungs: list[float], eta: int, sign: float, rule: str
+    trials: list[Observation], rungs: list[float], rule: EarlyStopping, sign: float
 ) -> list[StopDecision]:
+    assert rule.max_resource is not None
+    eta = rule.reduction_factor
     decisions = []
     for trial in trials:
-        if trial.state != TrialPhase.RUNNING or not trial.curve:
+        if trial.state != TrialPhase.RUNNING or not trial.curve or trial.curve[-1][0] >= rule.max_resource:
             continue
         reached = [r for r in rungs if trial.curve[-1][0] >= r]
         if not reached:
@@ -130,7 +133,7 @@ def _successive_halving(
         keep = max(len(competitors) // eta, 1)
         threshold = competitors[keep - 1]
         if value > threshold:
-            decisions.append(StopDecision(trial.index, rule, rung, sign * value, sign * threshold))
+            decisions.append(StopDecision(trial.index, rule.rule, rung, sign * value, sign * threshold))
     return decisions
 
 
@@ -172,13 +175,13 @@ def stop_decisions(spec: Mapping[str, Any] | TuningJobSpec, history: object) -> 
     assert rule.max_resource is not None  # the model requires it for asha and hyperband
     eta = rule.reduction_factor
     if name == EarlyStoppingRule.ASHA:
-        return _successive_halving(trials, _rungs(rule.min_resource, rule.max_resource, eta, 0), eta, sign, "asha")
+        return _successive_halving(trials, _rungs(rule.min_resource, rule.max_resource, eta, 0), rule, sign)
     cumulative = hyperband_brackets(rule)
     decisions: list[StopDecision] = []
     for bracket in range(len(cumulative)):
         members = [t for t in trials if bracket_of(t.index, cumulative) == bracket]
         rungs = _rungs(rule.min_resource, rule.max_resource, eta, bracket)
-        decisions += _successive_halving(members, rungs, eta, sign, "hyperband")
+        decisions += _successive_halving(members, rungs, rule, sign)
     return sorted(decisions, key=lambda d: d.index)
 
 
