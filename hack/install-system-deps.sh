@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Install the Debian packages the dev cluster needs (see operator/kubetune/dev/README.md):
-#   prometheus  - run by `kubetune dev up` with its own config (the systemd unit is not used)
 #   util-linux  - unshare, for the per-pod mount namespace that holds the termination-message file
 #   mount       - mount(8), used inside that namespace for the bind mount
 #   openssl     - handy for inspecting the generated certificates (the cluster itself uses `cryptography`)
 #   procps      - ps/pkill for humans debugging a cluster
 # Idempotent: packages already installed are skipped; `apt-get update` runs at most once, and only
 # when something is missing.
+#
+# Not Prometheus: Debian's package (2.42) is built without Kubernetes service discovery, which the
+# scrape contract needs; hack/build-binaries.sh builds Prometheus from the Go module proxy instead.
 set -euo pipefail
 
-PACKAGES=(prometheus util-linux mount openssl procps ca-certificates)
+PACKAGES=(util-linux mount openssl procps ca-certificates)
 
 log() { printf '[install-system-deps] %s\n' "$*" >&2; }
 
@@ -34,12 +36,5 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 log "installing: ${missing[*]}"
 "${SUDO[@]}" apt-get update -qq
-# --no-install-recommends: prometheus recommends node-exporter etc., which we do not run.
 "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
-
-# The Debian package enables and starts prometheus.service where systemd runs; the dev cluster runs its
-# own instance on a free port, so a stray system one would only waste memory (and port 9090).
-if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
-  "${SUDO[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
-fi
 log "done"

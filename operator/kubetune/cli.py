@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kubetune.dev.cli",
     "kubetune.search.cli",
     "kubetune.handlers.main",
+    "kubetune.plot",
 )
 
 

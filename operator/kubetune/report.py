@@ -44,6 +44,7 @@ import numbers
 import os
 import re
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -336,6 +337,7 @@ class TrialReporter:
         self._server: _MetricsServer | None = None
         self._thread: threading.Thread | None = None
         self._final_report: FinalReport | None = None
+        self._finishing = False
 
     # -- exporter -----------------------------------------------------------------------------
 
@@ -349,20 +351,16 @@ class TrialReporter:
             if self._server is not None or not self.settings.metrics_enabled:
                 return
             address = (self.settings.metrics_address, self.settings.metrics_port)
-            self._server = _MetricsServer(address, self.registry, self._tracker)
-            self._thread = threading.Thread(target=self._server.serve_forever, name="kubetune-metrics", daemon=True)
+            server = self._server = _MetricsServer(address, self.registry, self._tracker)
+            self._thread = threading.Thread(
+                target=lambda: server.serve_forever(poll_interval=0.1), name="kubetune-metrics", daemon=True
+            )
             self._thread.start()
         log.info("serving metrics on http://%s:%d%s", *address, METRICS_PATH)
 
     @property
     def serving(self) -> bool:
         return self._server is not None
-
-    @property
-    def bound_port(self) -> int | None:
-        """The port actually listened on, or None when not serving."""
-        server = self._server
-        return None if server is None else int(server.server_address[1])
 
     @property
     def scrape_count(self) -> int:
@@ -392,7 +390,7 @@ class TrialReporter:
             values[name] = float(value)
         self.start()
         with self._lock:
-            if self._final_report is not None:
+            if self._finishing:
                 raise RuntimeError("report() called after finish()")
             history = self._history
             for name, value in values.items():
@@ -413,11 +411,13 @@ class TrialReporter:
         status: TrialStatus = "completed",
         reason: str = "",
         metrics: Mapping[str, float] | None = None,
+        cancel: threading.Event | None = None,
     ) -> FinalReport:
         """Publish final values, write the termination message, wait for a final scrape.
 
         `metrics` overrides the final values (default: the latest value of each
-        reported metric). Calling it again returns the first result unchanged.
+        reported metric). Setting `cancel` ends the wait early (e.g. on SIGTERM
+        while waiting). Calling it again returns the first result unchanged.
         """
         if status not in TRIAL_STATUSES:
             raise ValueError(f"status must be one of {sorted(TRIAL_STATUSES)}, got {status!r}")
@@ -425,6 +425,9 @@ class TrialReporter:
             if self._final_report is not None:
                 log.warning("finish() called twice; keeping the first result (%s)", self._final_report.status)
                 return self._final_report
+            if self._finishing:
+                raise RuntimeError("finish() is already running in another thread")
+            self._finishing = True
             final = dict(self._history.latest if metrics is None else metrics)
             best = dict(self._history.best)
             step = self._history.step or 0
@@ -434,7 +437,7 @@ class TrialReporter:
             mark = self._tracker.mark()
         message = build_termination_message(status, step, final, best, reason)
         written = self._write_termination_message(message)
-        scraped = self._wait_for_scrape_after(mark)
+        scraped = self._wait_for_scrape_after(mark, cancel)
         result = FinalReport(
             status=status,
             step=step,
@@ -460,16 +463,24 @@ class TrialReporter:
         log.info("wrote the termination message to %s", path)
         return True
 
-    def _wait_for_scrape_after(self, mark: int) -> bool:
+    def _wait_for_scrape_after(self, mark: int, cancel: threading.Event | None) -> bool:
         """Wait (bounded) until a scrape that began after `mark` has been answered."""
         if self._server is None:
             return False
         timeout = self.settings.final_scrape_timeout_seconds
-        if self._tracker.wait_after(mark, timeout):
-            log.info("final metrics were scraped")
-            return True
-        log.warning("no scrape of the final metrics within %.1f s; exiting anyway", timeout)
-        return False
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            # Short slices, so a cancel (set from a signal handler) is noticed promptly.
+            if self._tracker.wait_after(mark, max(0.0, min(remaining, 0.1))):
+                log.info("final metrics were scraped")
+                return True
+            if cancel is not None and cancel.is_set():
+                log.warning("stopped waiting for the final scrape (cancelled)")
+                return False
+            if remaining <= 0:
+                log.warning("no scrape of the final metrics within %.1f s; exiting anyway", timeout)
+                return False
 
 
 # -- module-level API: one lazily created reporter per process ------------------------------------

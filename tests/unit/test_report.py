@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -129,12 +130,23 @@ def test_final_scrape_wait_is_bounded_and_ignores_earlier_scrapes(tmp_path: Path
     try:
         reporter.report(1, val_accuracy=0.5)
         scrape("127.0.0.1", settings.metrics_port)  # before the final values: does not count
+        deadline = time.monotonic() + 10
+        while reporter.scrape_count < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the server counts a scrape just after the client has the body
         assert reporter.scrape_count == 1
         final = reporter.finish()
         assert not final.final_scrape_seen
         assert final.termination_message_written
     finally:
         reporter.close()
+
+
+def test_final_scrape_wait_can_be_cancelled(reporter: TrialReporter) -> None:
+    reporter.report(1, val_accuracy=0.5)
+    cancel = threading.Event()
+    cancel.set()  # e.g. SIGTERM while waiting: the message is written, stop waiting (bound is 30 s)
+    final = reporter.finish(cancel=cancel)
+    assert not final.final_scrape_seen and final.termination_message_written
 
 
 def test_metrics_disabled_serves_nothing_and_does_not_wait(tmp_path: Path) -> None:
@@ -237,7 +249,7 @@ def test_two_line_api_in_a_fresh_process(tmp_path: Path) -> None:
     """`import kubetune` stays light, and report/finish follow the contract from env vars."""
     script = """
 import sys, json, kubetune
-heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('kopf', 'kubernetes', 'torch'))
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('kopf', 'kubernetes', 'aiohttp', 'torch'))
 kubetune.report(step=1, val_accuracy=0.8, loss=0.5)
 kubetune.report(step=2, val_accuracy=0.9, loss=0.3)
 final = kubetune.finish(status="completed")

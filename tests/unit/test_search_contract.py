@@ -25,12 +25,20 @@ PARAMETERS: list[dict[str, Any]] = [
     {"name": "width", "type": "int", "min": 16, "max": 1024, "log": True},
     {"name": "units", "type": "int", "min": 32, "max": 256, "step": 32},
     {"name": "optimizer", "type": "categorical", "values": ["sgd", "adam", "rmsprop"]},
-    {"name": "nesterov", "type": "categorical", "values": ["yes", "no"],
-     "when": {"parameter": "optimizer", "values": ["sgd"]}},
-    {"name": "dampening", "type": "float", "min": 0.0, "max": 0.5,
-     "when": {"parameter": "nesterov", "values": ["no"]}},
-    {"name": "beta1", "type": "float", "min": 0.8, "max": 0.999,
-     "when": {"parameter": "optimizer", "values": ["adam", "rmsprop"]}},
+    {
+        "name": "nesterov",
+        "type": "categorical",
+        "values": ["yes", "no"],
+        "when": {"parameter": "optimizer", "values": ["sgd"]},
+    },
+    {"name": "dampening", "type": "float", "min": 0.0, "max": 0.5, "when": {"parameter": "nesterov", "values": ["no"]}},
+    {
+        "name": "beta1",
+        "type": "float",
+        "min": 0.8,
+        "max": 0.999,
+        "when": {"parameter": "optimizer", "values": ["adam", "rmsprop"]},
+    },
     {"name": "batch_size", "type": "discrete", "values": [16, 32, 64, 128]},
     {"name": "scale", "type": "discrete", "values": [0.5, 1, 2.5]},
 ]
@@ -131,8 +139,10 @@ def test_waves_with_mixed_history_stay_valid_distinct_and_untried(algorithm: str
     history[2]["objective"] = float("nan")
     history[3].update(state="EarlyStopped", objective=None, intermediate=[[1, 2.0], [2, 1.5]])
     pending = suggest(make_spec(algorithm), history, 3)
-    history += [{"parameters": pending[0], "state": "Pending"}, {"parameters": pending[1], "state": "Running",
-                                                                  "intermediate": [[1, 0.7]]}]
+    history += [
+        {"parameters": pending[0], "state": "Pending"},
+        {"parameters": pending[1], "state": "Running", "intermediate": [[1, 0.7]]},
+    ]
     wave = suggest(make_spec(algorithm), history, 6)
     assert len(wave) == 6
     seen = {key(h["parameters"]) for h in history}
@@ -196,6 +206,26 @@ def test_a_parallel_wave_does_not_collapse(algorithm: str) -> None:
     assert not {key(a) for a in wave} & {key(h["parameters"]) for h in history}
 
 
+@pytest.mark.parametrize("algorithm", MODEL_BASED)
+def test_a_parallel_wave_spreads_out_in_a_continuous_space(algorithm: str) -> None:
+    parameters = [
+        {"name": "x", "type": "float", "min": 0.0, "max": 1.0},
+        {"name": "y", "type": "float", "min": 0.0, "max": 1.0},
+    ]
+    spec = (
+        make_spec(algorithm, parameters, max_trials=100, bayesian={"nStartupTrials": 5})
+        if algorithm == "bayesian"
+        else make_spec(algorithm, parameters, max_trials=100)
+    )
+    history = [
+        {"parameters": {"x": x, "y": y}, "state": "Succeeded", "objective": (x - 0.3) ** 2 + (y - 0.6) ** 2}
+        for x, y in itertools.product([0.1, 0.5, 0.9], [0.1, 0.4, 0.7, 0.95])
+    ]
+    wave = suggest(spec, history, 8)
+    gaps = [math.dist((a["x"], a["y"]), (b["x"], b["y"])) for a, b in itertools.combinations(wave, 2)]
+    assert min(gaps) > 0.01, sorted(gaps)[:3]
+
+
 # ---------------------------------------------------------------------------- grid
 
 
@@ -210,9 +240,7 @@ def test_grid_uses_steps_values_and_points_per_dimension_and_then_reports_exhaus
     everything = suggest(spec, [], 1000)
     # lr: 3 log points, drop: 4 step points, model: mlp x 3 units (pointsPerDimension) + cnn.
     assert len(everything) == 3 * 4 * (3 + 1)
-    assert {a["lr"] for a in everything} == pytest.approx({1e-3, 1e-2, 1e-1}) or sorted(
-        {a["lr"] for a in everything}
-    ) == pytest.approx([1e-3, 1e-2, 1e-1])
+    assert sorted({a["lr"] for a in everything}) == pytest.approx([1e-3, 1e-2, 1e-1])
     assert sorted({a["drop"] for a in everything}) == [0.0, 0.1, 0.2, 0.3]
     assert sorted({a["units"] for a in everything if "units" in a}) == [10, 20, 30]
     assert all("units" not in a for a in everything if a["model"] == "cnn")
@@ -236,10 +264,17 @@ def test_grid_order_does_not_depend_on_wave_sizes() -> None:
 @pytest.mark.parametrize("algorithm", ["bayesian", "tpe", "auto", "evolution", "cmaes"])
 @pytest.mark.parametrize("goal", ["minimize", "maximize"])
 def test_models_follow_the_goal(algorithm: str, goal: str) -> None:
-    parameters = [{"name": "x", "type": "float", "min": 0.0, "max": 1.0},
-                  {"name": "y", "type": "float", "min": 0.0, "max": 1.0}]
-    spec = make_spec(algorithm, parameters, goal=goal, max_trials=60,
-                     **({"evolution": {"populationSize": 10}} if algorithm == "evolution" else {}))
+    parameters = [
+        {"name": "x", "type": "float", "min": 0.0, "max": 1.0},
+        {"name": "y", "type": "float", "min": 0.0, "max": 1.0},
+    ]
+    spec = make_spec(
+        algorithm,
+        parameters,
+        goal=goal,
+        max_trials=60,
+        **({"evolution": {"populationSize": 10}} if algorithm == "evolution" else {}),
+    )
     history: list[dict[str, Any]] = []
     for _ in range(8):
         for a in suggest(spec, history, 4):
@@ -251,8 +286,10 @@ def test_models_follow_the_goal(algorithm: str, goal: str) -> None:
 
 @pytest.mark.parametrize("algorithm", ["bayesian", "auto"])
 def test_gaussian_process_finds_a_quadratic_minimum(algorithm: str) -> None:
-    parameters = [{"name": "x", "type": "float", "min": -5.0, "max": 5.0},
-                  {"name": "lr", "type": "float", "min": 1e-4, "max": 1.0, "log": True}]
+    parameters = [
+        {"name": "x", "type": "float", "min": -5.0, "max": 5.0},
+        {"name": "lr", "type": "float", "min": 1e-4, "max": 1.0, "log": True},
+    ]
     spec = make_spec(algorithm, parameters, max_trials=25)
     history: list[dict[str, Any]] = []
     for _ in range(25):
@@ -265,16 +302,14 @@ def test_gaussian_process_finds_a_quadratic_minimum(algorithm: str) -> None:
 def test_early_stopped_trials_count_by_their_last_value_and_failed_ones_not_at_all() -> None:
     parameters = [{"name": "x", "type": "float", "min": 0.0, "max": 1.0}]
     spec = make_spec("bayesian", parameters, bayesian={"nStartupTrials": 2})
-    # Failed trials near x=0 with "good" objectives must be ignored; the stopped curve near 1 is good.
+    # Finished trials say "smaller x is better"; the early-stopped one at x=0.9 ended best (1.0, after
+    # a bad start of 7.0); the Failed trials around it carry (terrible) objectives that must be ignored.
     history = [
-        {"parameters": {"x": 0.02 * i}, "state": "Failed", "objective": -100.0} for i in range(1, 5)
-    ] + [
-        {"parameters": {"x": 0.5}, "state": "Succeeded", "objective": 5.0},
-        {"parameters": {"x": 0.1}, "state": "Succeeded", "objective": 9.0},
-        {"parameters": {"x": 0.9}, "state": "EarlyStopped", "objective": None,
-         "intermediate": [[1, 4.0], [2, 1.0]]},
-    ]
-    assert suggest(spec, history, 1)[0]["x"] > 0.6
+        {"parameters": {"x": 0.1}, "state": "Succeeded", "objective": 5.0},
+        {"parameters": {"x": 0.5}, "state": "Succeeded", "objective": 9.0},
+        {"parameters": {"x": 0.9}, "state": "EarlyStopped", "objective": None, "intermediate": [[1, 7.0], [2, 1.0]]},
+    ] + [{"parameters": {"x": x}, "state": "Failed", "objective": 100.0} for x in (0.85, 0.87, 0.93, 0.95)]
+    assert suggest(spec, history, 1)[0]["x"] > 0.7
 
 
 # ---------------------------------------------------------------------------- property-based
@@ -299,8 +334,11 @@ def spaces(draw: st.DrawFn) -> list[dict[str, Any]]:
         elif kind == "categorical":
             p = {"name": name, "type": kind, "values": [f"v{j}" for j in range(draw(st.integers(1, 4)))]}
         else:
-            p = {"name": name, "type": kind, "values": sorted(draw(st.sets(st.integers(-5, 99), min_size=1,
-                                                                             max_size=4)))}
+            p = {
+                "name": name,
+                "type": kind,
+                "values": sorted(draw(st.sets(st.integers(-5, 99), min_size=1, max_size=4))),
+            }
         parents = [q for q in parameters if q["type"] == "categorical"]
         if parents and draw(st.booleans()):
             parent = draw(st.sampled_from(parents))
@@ -311,8 +349,7 @@ def spaces(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(parameters=spaces(), algorithm=st.sampled_from(ALGORITHMS), seed=st.integers(0, 2**31 - 1))
-def test_any_space_gets_valid_distinct_suggestions(parameters: list[dict[str, Any]], algorithm: str,
-                                                   seed: int) -> None:
+def test_any_space_gets_valid_distinct_suggestions(parameters: list[dict[str, Any]], algorithm: str, seed: int) -> None:
     spec = make_spec(algorithm, parameters, seed=seed, max_trials=10)
     history: list[dict[str, Any]] = []
     for round_ in range(3):
@@ -320,6 +357,5 @@ def test_any_space_gets_valid_distinct_suggestions(parameters: list[dict[str, An
         for assignment in wave:
             assert_valid(parameters, assignment)
         assert len({key(a) for a in wave}) == len(wave)
-        history += [{"parameters": a, "state": "Succeeded", "objective": float(round_ + i)}
-                    for i, a in enumerate(wave)]
+        history += [{"parameters": a, "state": "Succeeded", "objective": float(round_ + i)} for i, a in enumerate(wave)]
     assert len({key(h["parameters"]) for h in history}) == len(history)

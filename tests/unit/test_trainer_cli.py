@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from kubetune_trainer.cli import main
+from kubetune_trainer.cli import StopSignal, main
 from prometheus_client.parser import text_string_to_metric_families
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "lr", "samples_per_second", "epoch_seconds")
@@ -96,6 +96,8 @@ def test_huge_lr_reports_diverged_with_nonzero_exit(tmp_path: Path) -> None:
         (["--dataset", "csv:/nonexistent/train.csv"], {}, "dataset: CSV file not found"),
         (["--model", "cnn", "--dataset", "wine"], {}, "model: cnn needs image data"),
         ([], {"KUBETUNE_METRICS_PORT": "eighty"}, "KUBETUNE_METRICS_PORT must be an integer"),
+        (["--learning-rate", "0.1"], {}, "unrecognized arguments: --learning-rate"),
+        (["--epochs"], {}, "expected one argument"),
     ],
 )
 def test_bad_input_fails_clearly(tmp_path: Path, argv: list[str], env: dict[str, str], fragment: str) -> None:
@@ -112,6 +114,20 @@ def test_print_config_shows_values_and_sources(tmp_path: Path, capsys: pytest.Ca
     assert code == 0
     assert printed["knobs"]["epochs"] == 7 and printed["sources"]["epochs"] == "--epochs"
     assert printed["knobs"]["lr"] == 0.01 and printed["sources"]["lr"] == "KUBETUNE_PARAM_LR"
+
+
+def test_signal_handling_states() -> None:
+    during_training = StopSignal()
+    during_training.handle(signal.SIGTERM, None)
+    assert during_training.event.is_set() and during_training.signal_number == signal.SIGTERM
+    assert not during_training.abandon_final_wait.is_set()  # still wait for the final scrape
+    during_training.handle(signal.SIGINT, None)  # a second signal gives up waiting
+    assert during_training.abandon_final_wait.is_set() and during_training.signal_number == signal.SIGTERM
+
+    while_finishing = StopSignal()
+    while_finishing.finishing = True
+    while_finishing.handle(signal.SIGTERM, None)
+    assert while_finishing.abandon_final_wait.is_set() and while_finishing.signal_number is None
 
 
 def start_trainer(tmp_path: Path, port: int, *argv: str, timeout: str = "60") -> subprocess.Popen[str]:

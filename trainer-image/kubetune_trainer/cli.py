@@ -6,7 +6,7 @@ Exit codes:
 code  status      when
 ====  ==========  ==================================================================
 0     completed   all epochs ran, or the trainer's own early stopping (`patience`)
-2     failed      invalid knob, missing CSV, or other bad input (nothing trained)
+2     failed      invalid knob or flag, missing CSV, or other bad input (nothing trained)
 1     failed      any other error (e.g. device=cuda without CUDA, port in use)
 3     diverged    a non-finite training or validation loss
 143   stopped     SIGTERM (130 for SIGINT): stopped at the next batch boundary
@@ -28,6 +28,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import FrameType
+from typing import NoReturn
 
 from kubetune.report import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
@@ -57,8 +58,18 @@ EXIT_DIVERGED = 3
 EXIT_CODES: dict[str, int] = {"completed": EXIT_COMPLETED, "diverged": EXIT_DIVERGED, "failed": EXIT_FAILED}
 
 
+class CommandLineError(Exception):
+    """An unusable command line (unknown flag, missing value)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # Raise instead of exiting, so the termination message still says why.
+        raise CommandLineError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m kubetune_trainer",
         description="kubetune reference trainer. Knob precedence: command-line flag > "
         f"{ENV_PARAM_PREFIX}<NAME> > {ENV_PARAMS_JSON} (JSON object) > default.",
@@ -94,14 +105,22 @@ def reporter_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Repor
 
 
 class StopSignal:
-    """Turns SIGTERM/SIGINT into a stop request that the training loop polls between batches."""
+    """Turns SIGTERM/SIGINT into a stop request that the training loop polls between batches.
+
+    A signal while finishing (or a second signal) also ends the wait for the
+    final scrape: the termination message is already written by then.
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.abandon_final_wait = threading.Event()
+        self.finishing = False
         self.signal_number: int | None = None
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signal_number is None:
+        if self.finishing or self.event.is_set():
+            self.abandon_final_wait.set()
+        if self.signal_number is None and not self.finishing:
             self.signal_number = signum
             log.warning("received %s; stopping at the next batch boundary", signal.Signals(signum).name)
         self.event.set()
@@ -125,14 +144,19 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     if not logging.getLogger().handlers:
         logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    args = build_parser().parse_args(argv)
-
+    parser = build_parser()
+    path = env.get(ENV_TERMINATION_MESSAGE_PATH) or DEFAULT_TERMINATION_MESSAGE_PATH
+    fallback = ReporterSettings(metrics_port=0, termination_message_path=path)
+    try:
+        args = parser.parse_args(argv)
+    except CommandLineError as error:
+        parser.print_usage(sys.stderr)
+        log.error("invalid command line: %s", error)
+        return _finish_without_exporter(fallback, "failed", f"invalid command line: {error}", EXIT_BAD_INPUT)
     try:
         settings = reporter_settings(args, env)
     except ValueError as error:
         log.error("invalid runtime settings: %s", error)
-        path = env.get(ENV_TERMINATION_MESSAGE_PATH) or DEFAULT_TERMINATION_MESSAGE_PATH
-        fallback = ReporterSettings(metrics_port=0, termination_message_path=path)
         return _finish_without_exporter(fallback, "failed", f"invalid runtime settings: {error}", EXIT_BAD_INPUT)
     try:
         resolved = resolve_config(knob_values_from_args(args), env)
@@ -161,7 +185,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     stop = StopSignal()
     with stop.installed():
         status, reason, code = _train(config, reporter, stop)
-    final = reporter.finish(status=status, reason=reason)
+        stop.finishing = True
+        final = reporter.finish(status=status, reason=reason, cancel=stop.abandon_final_wait)
     _log_final(final)
     return code
 

@@ -137,10 +137,6 @@ _PARAMETER_RULES = rules(
     ("!self.log || (has(self.min) && self.min > 0.0)", "log scale needs min > 0"),
     ("!(self.log && has(self.step))", "log scale and step cannot be combined"),
     (
-        "self.type in ['categorical', 'discrete'] ? (has(self.values) && size(self.values) > 0) : !has(self.values)",
-        "categorical and discrete parameters need values; float and int parameters take min/max instead",
-    ),
-    (
         "self.type in ['categorical', 'discrete'] ? !has(self.min) && !has(self.max) && !has(self.step) && !self.log"
         " : true",
         "categorical and discrete parameters take no min, max, step or log",
@@ -172,8 +168,11 @@ class Parameter(KubeModel):
     max: float | None = Field(default=None, description="Upper bound, inclusive (float, int).")
     step: float | None = Field(default=None, gt=0, description="Grid step from min (float, int).")
     log: bool = Field(default=False, description="Sample on a log scale (float, int; needs min > 0).")
+    # Mixed-type items (strings or numbers) cannot be typed for CEL, so whether
+    # values are present for the parameter's type is checked by the operator.
     values: list[ParameterValue] | None = Field(
         default=None,
+        min_length=1,
         max_length=MAX_VALUES,
         description="Choices: strings for categorical, numbers in increasing order for discrete.",
     )

@@ -5,6 +5,17 @@ source (hack/build-binaries.sh), a node agent of our own that runs pods as host 
 (`kubetune.dev.agent`), and Prometheus. See README.md next to this file.
 """
 
-from kubetune.dev.cluster import ClusterInfo, DevCluster, DevClusterError
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["ClusterInfo", "DevCluster", "DevClusterError"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `python -m kubetune.dev.agent` does not drag in the cluster code (and its imports).
+    if name in __all__:
+        from kubetune.dev import cluster
+
+        return getattr(cluster, name)
+    raise AttributeError(name)

@@ -15,7 +15,6 @@ optional log server feed a single worker thread through a queue; only the worker
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import http.server
 import json
@@ -50,11 +49,11 @@ from kubetune.dev.agentstate import (
 )
 from kubetune.dev.allocators import AllocationError, GpuAllocator, IpAllocator
 from kubetune.dev.kubeapi import JSON, ApiError, KubeApi
-from kubetune.dev.procs import ProcessHandle, signal_group
+from kubetune.dev.layout import MARKER_ENV
+from kubetune.dev.procs import ProcessHandle, boot_id, signal_group
 
 log = logging.getLogger("kubetune.dev.agent")
 
-MARKER_ENV = "KUBETUNE_DEV_CLUSTER_ID"
 HOST_IP = "127.0.0.1"
 AGENT_VERSION = "v1.34.4-kubetune-dev"
 LEASE_NAMESPACE = "kube-node-lease"
@@ -81,6 +80,8 @@ class AgentOptions:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     client_ca_file: Path | None = None
+    owner: str = ""  # "pid:starttime": when that process is gone, tear the whole cluster down
+    cluster_home: Path | None = None
     lease_duration_seconds: int = 40
     renew_interval_seconds: float = 10.0
     node_status_interval_seconds: float = 60.0
@@ -114,7 +115,9 @@ class Agent:
         self.node_uid = ""
         self.started = rfc3339()
         if not self.use_namespaces:
-            log.warning("cannot create mount namespaces (not root?): termination-message files and volumes are not mounted")
+            log.warning(
+                "cannot create mount namespaces (not root?): termination-message files and volumes are not mounted"
+            )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -128,9 +131,16 @@ class Agent:
         ]
         if self.opts.listen_port and self.opts.tls_cert_file and self.opts.tls_key_file:
             threads.append(threading.Thread(target=self.serve_logs, name="logs", daemon=True))
+        if self.opts.owner and self.opts.cluster_home:
+            threads.append(threading.Thread(target=self.watch_owner, name="owner", daemon=True))
         for thread in threads:
             thread.start()
-        log.info("agent for node %s ready (%d GPUs, mount namespaces: %s)", self.opts.node_name, self.opts.gpus, self.use_namespaces)
+        log.info(
+            "agent for node %s ready (%d GPUs, mount namespaces: %s)",
+            self.opts.node_name,
+            self.opts.gpus,
+            self.use_namespaces,
+        )
         next_tick = 0.0
         while not self.stop.is_set():
             try:
@@ -153,7 +163,7 @@ class Agent:
             self.records[rec.uid] = rec
             if rec.terminal:
                 continue
-            if rec.ip:
+            if rec.ip and rec.ip != HOST_IP:
                 self.ips.reserve(rec.uid, rec.ip)
             for c in rec.containers:
                 self.gpus.reserve(rec.uid, c.gpus)
@@ -177,6 +187,26 @@ class Agent:
                         self.watch_adopted(rec, c, handle)
                     else:
                         self.events.put(("exited", rec.uid, c.name, c.pid, runtime.read_exit_code(exit_file)))
+
+    def watch_owner(self) -> None:
+        """A test session started this cluster; when it dies without `down`, do the `down` for it."""
+        pid, _, started = self.opts.owner.partition(":")
+        owner = ProcessHandle(int(pid), int(started), boot_id())
+        while not self.stop.wait(2.0):
+            if owner.alive():
+                continue
+            log.warning("owner process %s is gone; tearing the cluster down", pid)
+            # Detached: `down` stops this agent too, and must outlive it.
+            subprocess.Popen(
+                [sys.executable, "-m", "kubetune.cli", "dev", "--home", str(self.opts.cluster_home), "down"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd="/",
+            )
+            self.stop.set()
+            return
 
     # ------------------------------------------------------------------ node, lease
 
@@ -230,19 +260,17 @@ class Agent:
 
     def register_node(self) -> None:
         name = self.opts.node_name
-        body = {
+        labels = {
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": str(self.node_status()["nodeInfo"]["architecture"]),
+            "kubetune.io/dev-node": "true",
+            "nvidia.com/gpu.present": "true" if self.opts.gpus else "false",
+        }
+        body: JSON = {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {
-                "name": name,
-                "labels": {
-                    "kubernetes.io/hostname": name,
-                    "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": self.node_status()["nodeInfo"]["architecture"],
-                    "kubetune.io/dev-node": "true",
-                    "nvidia.com/gpu.present": "true" if self.opts.gpus else "false",
-                },
-            },
+            "metadata": {"name": name, "labels": labels},
             "spec": {},
             "status": self.node_status(),
         }
@@ -255,7 +283,7 @@ class Agent:
                 except ApiError as exc:
                     if not exc.is_conflict:
                         raise
-                    node = self.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"labels": body["metadata"]["labels"]}})
+                    node = self.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"labels": labels}})
                 self.node_uid = str(node["metadata"]["uid"])
                 self.post_node_status()
                 self.renew_lease()
@@ -298,10 +326,13 @@ class Agent:
             try:
                 self.renew_lease()
                 node = self.api.get(f"/api/v1/nodes/{self.opts.node_name}")
-                ready = next(
+                ready: JSON = next(
                     (c for c in node.get("status", {}).get("conditions", []) if c.get("type") == "Ready"), {}
                 )
-                if ready.get("status") != "True" or time.monotonic() - last_status > self.opts.node_status_interval_seconds:
+                if (
+                    ready.get("status") != "True"
+                    or time.monotonic() - last_status > self.opts.node_status_interval_seconds
+                ):
                     self.post_node_status()
                     last_status = time.monotonic()
             except ApiError as exc:
@@ -416,7 +447,8 @@ class Agent:
         with self.lock:
             self.records[rec.uid] = rec
         try:
-            rec.ip = self.ips.allocate(rec.uid)
+            # hostNetwork pods share the node's address, as on a real node.
+            rec.ip = HOST_IP if spec.get("hostNetwork") else self.ips.allocate(rec.uid)
             for c, c_spec in zip(rec.containers, spec["containers"], strict=True):
                 c.gpus = self.gpus.allocate(rec.uid, podspec.gpu_count(c_spec))
         except AllocationError as exc:
@@ -752,10 +784,10 @@ class Agent:
 
     def materialize_volume(self, rec: PodRecord, pod: JSON, volume: JSON) -> Path:
         """A host directory holding the volume's content (a snapshot, refreshed at each start)."""
-        name = volume["name"]
+        name = str(volume["name"])
         if "hostPath" in volume:
             host = volume["hostPath"]
-            path = Path(host["path"])
+            path = Path(str(host["path"]))
             if not path.exists():
                 if host.get("type") == "DirectoryOrCreate":
                     path.mkdir(parents=True)
@@ -771,7 +803,9 @@ class Agent:
         files: dict[str, bytes] = {}
         mode = 0o644
         if "configMap" in volume or "secret" in volume:
-            files, mode = self.object_files(rec, volume.get("configMap") or volume.get("secret") or {}, "secret" in volume)
+            files, mode = self.object_files(
+                rec, volume.get("configMap") or volume.get("secret") or {}, "secret" in volume
+            )
         elif "downwardAPI" in volume:
             files = self.downward_files(pod, volume["downwardAPI"].get("items") or [], rec)
             mode = int(volume["downwardAPI"].get("defaultMode", 0o644))
@@ -782,11 +816,17 @@ class Agent:
                     token = source["serviceAccountToken"]
                     files[token["path"]] = self.request_token(rec, pod, token).encode()
                 elif "configMap" in source or "secret" in source:
-                    files.update(self.object_files(rec, source.get("configMap") or source.get("secret") or {}, "secret" in source)[0])
+                    files.update(
+                        self.object_files(
+                            rec, source.get("configMap") or source.get("secret") or {}, "secret" in source
+                        )[0]
+                    )
                 elif "downwardAPI" in source:
                     files.update(self.downward_files(pod, source["downwardAPI"].get("items") or [], rec))
                 elif "clusterTrustBundle" in source or "podCertificate" in source:
-                    raise podspec.UnsupportedSpecError(f"projected volume {name!r}: source {sorted(source)} unsupported")
+                    raise podspec.UnsupportedSpecError(
+                        f"projected volume {name!r}: source {sorted(source)} unsupported"
+                    )
         else:
             kinds = sorted(set(volume) - {"name"})
             raise podspec.UnsupportedSpecError(f"volume {name!r} of type {kinds} is not supported by the dev agent")
@@ -805,16 +845,20 @@ class Agent:
                 return {}, 0o644
             raise podspec.ContainerConfigError(f'{"secret" if secret else "configmap"} "{name}" not found')
         items = ref.get("items")
-        files = {i["path"]: data[i["key"]].encode() for i in items if i["key"] in data} if items else {
-            k: v.encode() for k, v in data.items()
-        }
+        files = (
+            {i["path"]: data[i["key"]].encode() for i in items if i["key"] in data}
+            if items
+            else {k: v.encode() for k, v in data.items()}
+        )
         return files, int(ref.get("defaultMode", 0o644))
 
     def downward_files(self, pod: JSON, items: list[JSON], rec: PodRecord) -> dict[str, bytes]:
         files = {}
         for item in items:
             if "fieldRef" in item:
-                value = podspec.field_ref_value(pod, item["fieldRef"]["fieldPath"], pod_ip=rec.ip or "", host_ip=HOST_IP)
+                value = podspec.field_ref_value(
+                    pod, item["fieldRef"]["fieldPath"], pod_ip=rec.ip or "", host_ip=HOST_IP
+                )
             else:
                 ref = item.get("resourceFieldRef") or {}
                 container = self.container_spec(rec.uid, ref.get("containerName", "")) or pod["spec"]["containers"][0]
@@ -969,12 +1013,18 @@ def parse_args(argv: list[str] | None = None) -> AgentOptions:
     parser.add_argument("--cpu", default="32", help="advertised cpu capacity (not enforced)")
     parser.add_argument("--memory", default="64Gi", help="advertised memory capacity (not enforced)")
     parser.add_argument("--max-pods", type=int, default=110)
-    parser.add_argument("--python-bin-dir", type=Path, default=Path(sys.executable).parent,
-                        help="put first on every pod's PATH (default: this interpreter's bin dir)")
+    parser.add_argument(
+        "--python-bin-dir",
+        type=Path,
+        default=Path(sys.executable).parent,
+        help="put first on every pod's PATH (default: this interpreter's bin dir)",
+    )
     parser.add_argument("--listen-port", type=int, default=0, help="kubelet endpoint for `kubectl logs` (0: off)")
     parser.add_argument("--tls-cert-file", type=Path)
     parser.add_argument("--tls-private-key-file", type=Path)
     parser.add_argument("--client-ca-file", type=Path)
+    parser.add_argument("--owner", default="", help="pid:starttime; tear the cluster down when it exits")
+    parser.add_argument("--cluster-home", type=Path, help="the cluster to tear down (with --owner)")
     args = parser.parse_args(argv)
     return AgentOptions(
         kubeconfig=args.kubeconfig,
@@ -990,6 +1040,8 @@ def parse_args(argv: list[str] | None = None) -> AgentOptions:
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_private_key_file,
         client_ca_file=args.client_ca_file,
+        owner=args.owner,
+        cluster_home=args.cluster_home,
     )
 
 
@@ -999,7 +1051,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     opts = parse_args(argv)
     opts.state_dir.mkdir(parents=True, exist_ok=True)
-    agent = Agent(opts, KubeApi.from_kubeconfig(opts.kubeconfig, pool_size=32))
+    api = KubeApi.from_kubeconfig(opts.kubeconfig, temp_dir=opts.state_dir / "credentials", pool_size=32)
+    agent = Agent(opts, api)
 
     def on_signal(signum: int, frame: object) -> None:
         agent.stop.set()

@@ -242,7 +242,7 @@ def save_record(rec: PodRecord, pod_dir: Path) -> None:
 
 
 def load_records(pods_dir: Path) -> list[PodRecord]:
-    records = []
+    records: list[PodRecord] = []
     if not pods_dir.is_dir():
         return records
     for path in sorted(pods_dir.glob(f"*/{RECORD_FILE}")):

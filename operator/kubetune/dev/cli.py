@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
     down = commands.add_parser("down", help="stop every process of the cluster and delete its state")
     down.set_defaults(run=run_down)
 
-    env = commands.add_parser("env", help="print shell exports: eval \"$(kubetune dev env)\"")
+    env = commands.add_parser("env", help='print shell exports: eval "$(kubetune dev env)"')
     env.set_defaults(run=run_env)
 
     status = commands.add_parser("status", help="show which components run (exit 1 if any is down)")

@@ -1,9 +1,9 @@
 """Bring the dev cluster up and down: the Python API behind `kubetune dev` and the test fixtures.
 
-    cluster = DevCluster()          # home: $KUBETUNE_DEV_HOME or ~/.cache/kubetune/dev
-    info = cluster.up()             # idempotent; cleans up after a crashed cluster first
-    info.kubeconfig, info.prometheus_url
-    cluster.down()                  # stops every process it started, removes the home
+cluster = DevCluster()          # home: $KUBETUNE_DEV_HOME or ~/.cache/kubetune/dev
+info = cluster.up()             # idempotent; cleans up after a crashed cluster first
+info.kubeconfig, info.prometheus_url
+cluster.down()                  # stops every process it started, removes the home
 """
 
 from __future__ import annotations
@@ -26,15 +26,24 @@ from pathlib import Path
 import yaml
 
 from kubetune.dev import components, preflight, procs
-from kubetune.dev.agent import MARKER_ENV
 from kubetune.dev.agentstate import load_records
 from kubetune.dev.components import ClusterConfig, Ports
 from kubetune.dev.kubeapi import ApiError, KubeApi
-from kubetune.dev.layout import COMPONENTS, PROMETHEUS_BINARY, Layout, default_bin_dir, default_home
+from kubetune.dev.layout import COMPONENTS, MARKER_ENV, Layout, default_bin_dir, default_home
 from kubetune.dev.pki import build_cluster_pki
 from kubetune.dev.prometheus import build_prometheus_config
 
 DEFAULT_TIMEOUT = 300.0
+# Any of these in a home means a cluster (perhaps half-started or crashed) lives there.
+CLUSTER_HOME_ENTRIES: tuple[str, ...] = ("cluster.json", "run", "pki", "etcd", "agent")
+COMMANDS: dict[str, Callable[[ClusterConfig], list[str]]] = {
+    "etcd": components.etcd_command,
+    "kube-apiserver": components.apiserver_command,
+    "kube-controller-manager": components.controller_manager_command,
+    "kube-scheduler": components.scheduler_command,
+    "agent": components.agent_command,
+    "prometheus": components.prometheus_command,
+}
 # Log lines that explain a component that would not start, with what to do about them.
 LOG_HINTS: tuple[tuple[str, str], ...] = (
     ("address already in use", "a port is taken: stop the process using it or pick other ports"),
@@ -55,6 +64,14 @@ class ClusterInfo:
     node_name: str
     bin_dir: Path
     reused: bool
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.home)
+
+    def pod_log(self, namespace: str, name: str, uid: str, container: str) -> Path:
+        """stdout+stderr of a container: `<home>/agent/pods/<namespace>_<name>_<uid>/<container>.log`."""
+        return self.layout.pod_log(namespace, name, uid, container)
 
     def env(self) -> dict[str, str]:
         return {
@@ -81,8 +98,11 @@ class DevCluster:
         pinned_ports: Mapping[str, int] | None = None,
         python: Path | None = None,
         agent_args: tuple[str, ...] = (),
+        owner_pid: int | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
+        """`owner_pid`: tear the cluster down when that process dies (test sessions pass their own
+        pid, so a killed pytest leaves nothing running)."""
         self.layout = Layout((home or default_home()).absolute())
         self.bin_dir = (bin_dir or default_bin_dir()).absolute()
         self.gpus = gpus
@@ -91,7 +111,9 @@ class DevCluster:
         # Not resolved: a venv's python is a symlink, and resolving it would leave the venv.
         self.python = python or Path(sys.executable)
         self.agent_args = agent_args
+        self.owner_pid = owner_pid
         self._log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self._api_client: KubeApi | None = None  # for the cluster in the home right now
 
     # ------------------------------------------------------------------ public API
 
@@ -137,7 +159,7 @@ class DevCluster:
 
     def up(self, timeout: float = DEFAULT_TIMEOUT) -> ClusterInfo:
         with self._locked():
-            if self.config is not None or self.layout.run_dir.exists():
+            if self._looks_like_cluster_home():
                 if self.is_running():
                     self._log(f"dev cluster already running in {self.layout.home}")
                     return self.info(reused=True)
@@ -172,13 +194,16 @@ class DevCluster:
             time.sleep(0.02)
         raise DevClusterError(f"{name} (pid {handle.pid}) did not stop")
 
-    def start_agent(self, timeout: float = 60.0) -> None:
-        """(Re)start the node agent of a running cluster and wait until its node is Ready."""
+    def start_component(self, name: str, timeout: float = 120.0) -> None:
+        """(Re)start one stopped component of a running cluster and wait until it is healthy."""
         cfg = self._require_config()
-        if self._handle("agent") is not None:
+        if self._handle(name) is not None:
             return
-        self._spawn(cfg, "agent", components.agent_command(cfg))
-        self._wait_node_ready(cfg, time.monotonic() + timeout)
+        self._spawn(cfg, name, COMMANDS[name](cfg))
+        self._wait_ready(cfg, name, time.monotonic() + timeout)
+
+    def start_agent(self, timeout: float = 120.0) -> None:
+        self.start_component("agent", timeout)
 
     def pod_dir(self, namespace: str, name: str, uid: str) -> Path:
         return self.layout.pod_dir(namespace, name, uid)
@@ -192,7 +217,6 @@ class DevCluster:
     def _preflight(self) -> list[preflight.Problem]:
         return [
             *preflight.check_binaries(self.bin_dir),
-            *preflight.check_prometheus(PROMETHEUS_BINARY),
             *preflight.check_host_tools(),
             *preflight.check_ports(self.pinned_ports),
         ]
@@ -214,7 +238,16 @@ class DevCluster:
             node_name=self.node_name,
             gpus=self.gpus,
             agent_args=self.agent_args,
+            owner=self._owner(),
         )
+
+    def _owner(self) -> str:
+        if self.owner_pid is None:
+            return ""
+        handle = procs.ProcessHandle.of(self.owner_pid)
+        if handle is None:
+            raise DevClusterError(f"owner process {self.owner_pid} does not exist")
+        return f"{handle.pid}:{handle.start_time}"
 
     def _start(self, cfg: ClusterConfig, deadline: float) -> None:
         lay = cfg.layout
@@ -232,26 +265,23 @@ class DevCluster:
             ),
         )
 
-        self._spawn(cfg, "etcd", components.etcd_command(cfg))
-        self._wait("etcd", deadline, lambda: _http_ok(f"{cfg.etcd_url}/health"))
-        self._spawn(cfg, "kube-apiserver", components.apiserver_command(cfg))
-        self._wait("kube-apiserver", deadline, lambda: self._apiserver_ready(cfg))
-        self._spawn(cfg, "kube-controller-manager", components.controller_manager_command(cfg))
-        self._spawn(cfg, "kube-scheduler", components.scheduler_command(cfg))
-        insecure = ssl.create_default_context()
-        insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE  # self-signed serving certs
-        for name, port in (
-            ("kube-controller-manager", cfg.ports.controller_manager),
-            ("kube-scheduler", cfg.ports.scheduler),
+        for group in (
+            ("etcd",),
+            ("kube-apiserver",),
+            ("kube-controller-manager", "kube-scheduler"),
+            ("agent", "prometheus"),
         ):
-            self._wait(name, deadline, lambda p=port: _http_ok(f"https://127.0.0.1:{p}/healthz", insecure))  # type: ignore[misc]
-        self._spawn(cfg, "agent", components.agent_command(cfg))
-        self._spawn(cfg, "prometheus", components.prometheus_command(cfg))
-        self._wait_node_ready(cfg, deadline)
-        self._wait("prometheus", deadline, lambda: _http_ok(f"{cfg.prometheus_url}/-/ready"))
+            for name in group:
+                self._spawn(cfg, name, COMMANDS[name](cfg))
+            for name in group:
+                self._wait_ready(cfg, name, deadline)
         # Pods in `default` need its ServiceAccount (admission rejects them until it exists).
         api = self._api()
-        self._wait("kube-controller-manager", deadline, lambda: _exists(api, "/api/v1/namespaces/default/serviceaccounts/default"))
+        self._wait(
+            "kube-controller-manager",
+            deadline,
+            lambda: _exists(api, "/api/v1/namespaces/default/serviceaccounts/default"),
+        )
         self._log(f"dev cluster up in {time.monotonic() - started:.1f}s ({lay.home})")
 
     def _write_credentials(self, cfg: ClusterConfig) -> None:
@@ -264,7 +294,11 @@ class DevCluster:
             (lay.component_kubeconfig("kube-scheduler"), pki.scheduler, "kube-scheduler"),
         ):
             kubeconfig = components.build_kubeconfig(
-                server=cfg.apiserver_url, ca_pem=pki.ca.cert_pem, cert_pem=pair.cert_pem, key_pem=pair.key_pem, user=user
+                server=cfg.apiserver_url,
+                ca_pem=pki.ca.cert_pem,
+                cert_pem=pair.cert_pem,
+                key_pem=pair.key_pem,
+                user=user,
             )
             procs.write_atomic(path, yaml.safe_dump(kubeconfig, sort_keys=False))
             path.chmod(0o600)
@@ -291,17 +325,26 @@ class DevCluster:
                 )
             time.sleep(0.2)
 
-    def _wait_node_ready(self, cfg: ClusterConfig, deadline: float) -> None:
-        api = self._api()
+    def _wait_ready(self, cfg: ClusterConfig, name: str, deadline: float) -> None:
+        self._wait(name, deadline, lambda: self._ready(cfg, name))
 
-        def ready() -> bool:
-            node = api.get(f"/api/v1/nodes/{cfg.node_name}")
-            conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
-            # The node-lifecycle controller lifts the not-ready taint shortly after Ready=True.
-            tainted = any(t.get("key") == "node.kubernetes.io/not-ready" for t in node["spec"].get("taints") or [])
-            return conditions.get("Ready") == "True" and not tainted
-
-        self._wait("agent", deadline, ready)
+    def _ready(self, cfg: ClusterConfig, name: str) -> bool:
+        if name == "etcd":
+            return _http_ok(f"{cfg.etcd_url}/health")
+        if name == "kube-apiserver":
+            return self._apiserver_ready(cfg)
+        if name in ("kube-controller-manager", "kube-scheduler"):
+            port = cfg.ports.controller_manager if name == "kube-controller-manager" else cfg.ports.scheduler
+            insecure = ssl.create_default_context()
+            insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE  # self-signed serving certs
+            return _http_ok(f"https://127.0.0.1:{port}/healthz", insecure)
+        if name == "prometheus":
+            return _http_ok(f"{cfg.prometheus_url}/-/ready")
+        node = self._api().get(f"/api/v1/nodes/{cfg.node_name}")
+        conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
+        # The node-lifecycle controller lifts the not-ready taint shortly after Ready=True.
+        tainted = any(t.get("key") == "node.kubernetes.io/not-ready" for t in node["spec"].get("taints") or [])
+        return conditions.get("Ready") == "True" and not tainted
 
     def _explain_exit(self, name: str) -> str:
         tail = self._log_tail(name)
@@ -325,7 +368,11 @@ class DevCluster:
             return False
 
     def _api(self) -> KubeApi:
-        return KubeApi.from_kubeconfig(self.layout.kubeconfig, timeout=10.0)
+        if self._api_client is None:
+            self._api_client = KubeApi.from_kubeconfig(
+                self.layout.kubeconfig, temp_dir=self.layout.run_dir / "credentials", timeout=10.0
+            )
+        return self._api_client
 
     def _require_config(self) -> ClusterConfig:
         cfg = self.config
@@ -349,17 +396,38 @@ class DevCluster:
                 procs.stop(handle, grace=10.0)
             self.layout.pid_file(name).unlink(missing_ok=True)
         # Pods the agent started run in their own process groups and outlive it, as with a kubelet.
-        for rec in load_records(self.layout.pods_dir):
-            for container in rec.containers:
-                handle = container.handle
-                if handle is not None and handle.alive():
-                    procs.stop(handle, grace=2.0)
+        # All get SIGTERM at once, then a short shared grace period, then SIGKILL.
+        pods = [
+            handle
+            for rec in load_records(self.layout.pods_dir)
+            for container in rec.containers
+            if (handle := container.handle) is not None and handle.alive()
+        ]
+        for handle in pods:
+            procs.signal_group(handle, signal.SIGTERM)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and any(h.alive() for h in pods):
+            time.sleep(0.05)
+        for handle in pods:
+            procs.stop(handle, grace=0.0)
         if cfg is not None:
             procs.sweep(MARKER_ENV, cfg.cluster_id)
 
+    def _looks_like_cluster_home(self) -> bool:
+        return any((self.layout.home / entry).exists() for entry in CLUSTER_HOME_ENTRIES)
+
     def _teardown(self) -> None:
+        self._api_client = None
         cfg = self.config
         self._stop_processes(cfg)
+        if not self.layout.home.exists():
+            return
+        if not any(self.layout.home.iterdir()):
+            self.layout.home.rmdir()
+            return
+        if not self._looks_like_cluster_home():
+            # Never rm -rf a directory we did not create (e.g. `--home ~` by mistake).
+            raise DevClusterError(f"{self.layout.home} does not look like a dev cluster home; not deleting it")
         if self.layout.home.exists():
             shutil.rmtree(self.layout.home, ignore_errors=True)
         if self.layout.home.exists():  # e.g. a file busy in a stale mount: one retry, then report

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune.dev.layout import PROMETHEUS_BINARY, Layout
+from kubetune.dev.layout import Layout
 
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_CLUSTER_IP = "10.0.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
@@ -40,6 +40,8 @@ class ClusterConfig:
     node_name: str = DEFAULT_NODE_NAME
     gpus: int = DEFAULT_GPUS
     agent_args: tuple[str, ...] = field(default_factory=tuple)
+    # "pid:starttime" of a process whose death tears the cluster down (a test session); "" = none.
+    owner: str = ""
 
     @property
     def layout(self) -> Layout:
@@ -76,6 +78,7 @@ class ClusterConfig:
             node_name=data["node_name"],
             gpus=int(data["gpus"]),
             agent_args=tuple(data.get("agent_args", ())),
+            owner=str(data.get("owner", "")),
         )
 
 
@@ -144,6 +147,15 @@ def apiserver_command(cfg: ClusterConfig) -> list[str]:
         f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
         f"--kubelet-certificate-authority={pki / 'ca.crt'}",
         "--kubelet-preferred-address-types=InternalIP,Hostname",
+        # Request-header authentication for aggregated APIs; without it the controller manager and
+        # scheduler log errors about a missing requestheader CA bundle.
+        f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+        f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
         "--profiling=false",
         "--v=1",
     ]
@@ -204,13 +216,14 @@ def agent_command(cfg: ClusterConfig) -> list[str]:
         f"--tls-cert-file={pki / 'agent.crt'}",
         f"--tls-private-key-file={pki / 'agent.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
+        *([f"--owner={cfg.owner}", f"--cluster-home={cfg.home}"] if cfg.owner else []),
         *cfg.agent_args,
     ]
 
 
 def prometheus_command(cfg: ClusterConfig) -> list[str]:
     return [
-        PROMETHEUS_BINARY,
+        str(cfg.bin_dir / "prometheus"),
         f"--config.file={cfg.layout.prometheus_config}",
         f"--storage.tsdb.path={cfg.layout.prometheus_dir / 'data'}",
         f"--web.listen-address=127.0.0.1:{cfg.ports.prometheus}",

@@ -64,15 +64,22 @@ class Credentials:
     verify: bool = True
 
 
-def load_credentials(kubeconfig: Path | None) -> Credentials:
-    """Read a kubeconfig (embedded data is written to temp files by `kubernetes.config`)."""
+def load_credentials(kubeconfig: Path | None, temp_dir: Path | None = None) -> Credentials:
+    """Read a kubeconfig. Embedded certificates are written to files by `kubernetes.config`; pass
+    `temp_dir` to keep them out of /tmp (a SIGKILLed process cannot clean them up)."""
     from kubernetes import client, config
 
     cfg = client.Configuration()
     if kubeconfig is None:
-        config.load_incluster_config(client_configuration=cfg)
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     else:
-        config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+        if temp_dir is not None:
+            temp_dir.mkdir(parents=True, exist_ok=True)
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(kubeconfig),
+            client_configuration=cfg,
+            temp_file_path=str(temp_dir) if temp_dir is not None else None,
+        )
     api_key: Mapping[str, str] = cfg.api_key or {}
     return Credentials(
         server=str(cfg.host).rstrip("/"),
@@ -107,8 +114,8 @@ class KubeApi:
         )
 
     @classmethod
-    def from_kubeconfig(cls, kubeconfig: Path | None, **kwargs: Any) -> KubeApi:
-        return cls(load_credentials(kubeconfig), **kwargs)
+    def from_kubeconfig(cls, kubeconfig: Path | None, *, temp_dir: Path | None = None, **kwargs: Any) -> KubeApi:
+        return cls(load_credentials(kubeconfig, temp_dir), **kwargs)
 
     def url(self, path: str, query: Mapping[str, Any] | None = None) -> str:
         url = self.server + path
@@ -219,4 +226,5 @@ def _decode(status: int, data: bytes) -> JSON:
         payload = {"items": payload}
     if status >= 300:
         raise ApiError(status, str(payload.get("reason", "")), str(payload.get("message", "")), payload)
-    return payload
+    result: JSON = payload
+    return result

@@ -12,10 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KUBERNETES_VERSION = "v1.34.4"
+# Set in the environment of every process a cluster starts (pods included), so `down` can find
+# stragglers that left their process group.
+MARKER_ENV = "KUBETUNE_DEV_CLUSTER_ID"
 ETCD_VERSION = "v3.6.16"
 
-CONTROL_PLANE_BINARIES: tuple[str, ...] = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
-PROMETHEUS_BINARY = "/usr/bin/prometheus"
+# Built by hack/build-binaries.sh. Prometheus too: Debian's package lacks Kubernetes discovery.
+REQUIRED_BINARIES: tuple[str, ...] = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "prometheus",
+)
 
 # Start order; `down` stops in reverse so nothing loses its upstream while still running.
 COMPONENTS: tuple[str, ...] = (

@@ -43,6 +43,7 @@ class ClusterPki:
     scheduler: KeyPair
     apiserver_kubelet_client: KeyPair
     agent: KeyPair
+    front_proxy_client: KeyPair
     service_account_key_pem: bytes
     service_account_pub_pem: bytes
 
@@ -63,6 +64,7 @@ class ClusterPki:
             "kube-scheduler": self.scheduler,
             "apiserver-kubelet-client": self.apiserver_kubelet_client,
             "agent": self.agent,
+            "front-proxy-client": self.front_proxy_client,
         }
 
 
@@ -166,9 +168,7 @@ def build_leaf(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
@@ -201,7 +201,11 @@ def build_cluster_pki(*, service_cluster_ip: str, extra_ips: tuple[str, ...] = (
             common_name="kube-apiserver-kubelet-client", organization="system:masters", client=True
         ),
         # Serving certificate of the node agent's kubelet endpoint (`kubectl logs`).
-        agent=leaf(common_name="kubetune-dev-agent", server=True, dns_names=("localhost",), ip_addresses=("127.0.0.1",)),
+        agent=leaf(
+            common_name="kubetune-dev-agent", server=True, dns_names=("localhost",), ip_addresses=("127.0.0.1",)
+        ),
+        # The API server's identity towards aggregated API servers (request-header authentication).
+        front_proxy_client=leaf(common_name="front-proxy-client", client=True),
         service_account_key_pem=_key_pem(sa_key),
         service_account_pub_pem=sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

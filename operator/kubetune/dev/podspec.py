@@ -220,7 +220,7 @@ def build_env(
                     continue
                 what = f'{kind.lower()} "{ref.get("name")}"'
                 raise ContainerConfigError(
-                    f"{what} not found" if data is None else f'couldn\'t find key {ref.get("key")} in {what}'
+                    f"{what} not found" if data is None else f"couldn't find key {ref.get('key')} in {what}"
                 )
             env[name] = data[ref["key"]]
         else:
@@ -262,9 +262,7 @@ def termination_message_path(container: JSON) -> str:
     return str(container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH)
 
 
-def termination_message(
-    *, file_content: bytes, log_tail: bytes, policy: str, exit_code: int
-) -> str:
+def termination_message(*, file_content: bytes, log_tail: bytes, policy: str, exit_code: int) -> str:
     """The kubelet's rule: the file wins; FallbackToLogsOnError uses the log tail on failure."""
     message = file_content[:MAX_TERMINATION_MESSAGE_BYTES].decode(errors="replace")
     if not message and policy == "FallbackToLogsOnError" and exit_code != 0:

@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetune.dev.layout import CONTROL_PLANE_BINARIES, KUBERNETES_VERSION
+from kubetune.dev.layout import KUBERNETES_VERSION, REQUIRED_BINARIES
 
 BUILD_HINT = "run hack/build-binaries.sh (builds them into ~/.cache/kubetune; ~30 min the first time)"
-SYSTEM_DEPS_HINT = "run hack/install-system-deps.sh (apt-get install prometheus util-linux)"
+SYSTEM_DEPS_HINT = "run hack/install-system-deps.sh (apt-get install util-linux mount)"
 
 
 @dataclass(frozen=True)
@@ -31,23 +31,18 @@ def format_problems(problems: list[Problem]) -> str:
 
 def check_binaries(bin_dir: Path) -> list[Problem]:
     problems = []
-    for name in CONTROL_PLANE_BINARIES:
+    for name in REQUIRED_BINARIES:
         path = bin_dir / name
         if not (path.is_file() and os.access(path, os.X_OK)):
             problems.append(
                 Problem(
                     f"{name} not found at {path}",
                     f"{BUILD_HINT}, or point KUBETUNE_DEV_BIN_DIR at a directory holding "
-                    f"{', '.join(CONTROL_PLANE_BINARIES)} (Kubernetes {KUBERNETES_VERSION})",
+                    f"{', '.join(REQUIRED_BINARIES)} (Kubernetes {KUBERNETES_VERSION}, "
+                    "Prometheus with Kubernetes discovery)",
                 )
             )
     return problems
-
-
-def check_prometheus(binary: str) -> list[Problem]:
-    if os.access(binary, os.X_OK):
-        return []
-    return [Problem(f"Prometheus not found at {binary}", SYSTEM_DEPS_HINT)]
 
 
 def check_host_tools() -> list[Problem]:

@@ -42,9 +42,29 @@ def start_time(pid: int) -> int | None:
 
 
 def is_running(pid: int) -> bool:
-    """True for a live process; a zombie (exited, not yet reaped) counts as gone."""
+    """True while any thread of the process lives; a zombie (exited, not yet reaped) is gone.
+
+    A multi-threaded process (every Go binary) shows its leader as a zombie while the other
+    threads are still exiting and still hold its sockets; until they are gone it counts as running,
+    so a restarted server never finds its port still taken.
+    """
     fields = _stat_fields(pid)
-    return bool(fields) and fields[0] not in ("Z", "X")  # type: ignore[index]
+    if not fields:
+        return False
+    if fields[0] not in ("Z", "X"):
+        return True
+    try:
+        threads = [t.name for t in (PROC / str(pid) / "task").iterdir()]
+    except OSError:
+        return False
+    for tid in threads:
+        try:
+            raw = (PROC / str(pid) / "task" / tid / "stat").read_text()
+        except OSError:
+            continue
+        if raw[raw.rfind(")") + 2 :].split()[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 @dataclass(frozen=True)

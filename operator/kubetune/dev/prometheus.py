@@ -82,7 +82,7 @@ def build_prometheus_config(*, kubeconfig: Path, targets_dir: Path, interval: st
             },
             {
                 "job_name": OPERATOR_PODS_JOB,
-                "honor_labels": False,
+                "honor_labels": True,  # the operator labels its series by the jobs' namespaces
                 "kubernetes_sd_configs": sd,
                 "relabel_configs": [
                     {"source_labels": [_pod_label(OPERATOR_NAME_LABEL)], "regex": OPERATOR_NAME, "action": "keep"},
@@ -91,7 +91,7 @@ def build_prometheus_config(*, kubeconfig: Path, targets_dir: Path, interval: st
             },
             {
                 "job_name": OPERATOR_STATIC_JOB,
-                "honor_labels": False,
+                "honor_labels": True,
                 "file_sd_configs": [{"files": [str(targets_dir / "*.json")], "refresh_interval": "5s"}],
             },
         ],

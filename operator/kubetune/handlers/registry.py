@@ -80,21 +80,35 @@ def build_registry(
         memo["controller"] = controller
         await controller.start()
 
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # A fresh registry has none of Kopf's default login handlers; use the same
+        # credentials as our own client (re-read on 401, so rotated tokens work).
+        credentials = Credentials.load(config.kubeconfig)
+        return kopf.ConnectionInfo(
+            server=credentials.host,
+            ca_path=credentials.ca_file,
+            insecure=not credentials.verify,
+            certificate_path=credentials.cert_file,
+            private_key_path=credentials.key_file,
+            token=credentials.read_token(),
+        )
+
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: Any, **_: Any) -> None:
         controller: Controller | None = memo.get("controller")
         if controller is not None:
             await controller.stop()
 
-    @kopf.index(GROUP, VERSION, "tuningjobs", registry=registry)
+    @kopf.index(GROUP, VERSION, "tuningjobs", id="tuningjobs", registry=registry)
     def tuningjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): _plain(body)}
 
-    @kopf.index(GROUP, VERSION, "trials", labels=CHILD_LABELS, registry=registry)
+    @kopf.index(GROUP, VERSION, "trials", labels=CHILD_LABELS, id="trials", registry=registry)
     def trials(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[naming.LABEL_JOB]): _plain(body)}
 
-    @kopf.index("", "v1", "pods", labels=CHILD_LABELS, registry=registry)
+    @kopf.index("", "v1", "pods", labels=CHILD_LABELS, id="pods", registry=registry)
     def pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[naming.LABEL_JOB]): _slim_pod(body)}
 

@@ -115,6 +115,12 @@ class Credentials:
             token_file=token_file,
         )
 
+    def read_token(self) -> str | None:
+        if self.token_file:
+            with open(self.token_file) as handle:
+                return handle.read().strip()
+        return self.token
+
     def ssl_context(self) -> ssl.SSLContext | bool:
         if not self.host.startswith("https"):
             return False
@@ -140,8 +146,7 @@ class KubeClient:
 
     def _bearer(self) -> str | None:
         if self.credentials.token_file and time.monotonic() - self._token_read_at > 60:
-            with open(self.credentials.token_file) as handle:
-                self._token = handle.read().strip()
+            self._token = self.credentials.read_token()
             self._token_read_at = time.monotonic()
         return self._token
 

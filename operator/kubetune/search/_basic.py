@@ -22,9 +22,7 @@ def propose_random(ctx: Context) -> Iterator[Assignment]:
         yield ctx.space.sample(rng)
 
 
-def enumerate_untried(
-    ctx: Context, points: Callable[[Dimension], Sequence[ParameterValue]]
-) -> Iterator[Assignment]:
+def enumerate_untried(ctx: Context, points: Callable[[Dimension], Sequence[ParameterValue]]) -> Iterator[Assignment]:
     """Every assignment on `points`, in a seeded spread order, skipping ones already tried.
 
     Finite: stops when the enumeration is exhausted. The order depends on the

@@ -48,7 +48,7 @@ def propose_cmaes(ctx: Context) -> Iterator[Assignment]:
     restart = 0
     optimiser = fresh(0, popsize)
     rows = np.full((len(usable), dims), 0.5)
-    for row, observation in zip(rows, usable):
+    for row, observation in zip(rows, usable, strict=True):
         row[: len(numeric)] = space.encode(observation.parameters or {})[numeric]
     losses = [float(o.loss or 0.0) for o in usable]
     start = 0
@@ -56,7 +56,7 @@ def propose_cmaes(ctx: Context) -> Iterator[Assignment]:
         warnings.simplefilter("ignore")
         while start + optimiser.population_size <= len(usable):
             end = start + optimiser.population_size
-            optimiser.tell(list(zip(rows[start:end], losses[start:end])))
+            optimiser.tell(list(zip(rows[start:end], losses[start:end], strict=True)))
             start = end
             if optimiser.should_stop():
                 restart += 1

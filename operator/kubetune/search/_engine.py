@@ -98,9 +98,7 @@ def fill_wave(ctx: Context, proposer: Iterator[Assignment], n: int, *, fallback:
             break
         _offer(ctx, candidate)
     if fallback and len(ctx.accepted) < n:
-        rest = (
-            enumerate_untried(ctx, ctx.space.natural_points) if ctx.space.size is not None else _random(ctx)
-        )
+        rest = enumerate_untried(ctx, ctx.space.natural_points) if ctx.space.size is not None else _random(ctx)
         for candidate in rest:
             if len(ctx.accepted) >= n:
                 break

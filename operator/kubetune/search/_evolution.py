@@ -16,7 +16,7 @@ deactivate are dropped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -47,16 +47,23 @@ def propose_evolution(ctx: Context) -> Iterator[Assignment]:
     while True:
         first, second = tournament(), tournament()
         crossover = rng.random() < settings.crossover_rate
+        yield space.complete(_breeder(first, second, crossover, settings.mutation_rate, rng), rng)
 
-        def choose(dim: Dimension, child: Assignment) -> ParameterValue | None:
-            sources = (first, second) if (not crossover or rng.random() < 0.5) else (second, first)
-            value = next((s[dim.name] for s in sources if dim.name in s), None)
-            if value is None or rng.random() >= settings.mutation_rate:
-                return value
-            if not dim.is_numeric:
-                others = [v for v in dim.values if v != value] or list(dim.values)
-                return others[int(rng.integers(0, len(others)))]
-            u = dim.to_unit(value) + float(rng.normal(0.0, MUTATION_SIGMA))
-            return dim.from_unit(float(np.clip(u, 0.0, 1.0)))
 
-        yield space.complete(choose, rng)
+def _breeder(
+    first: Assignment, second: Assignment, crossover: bool, mutation_rate: float, rng: np.random.Generator
+) -> Callable[[Dimension, Assignment], ParameterValue | None]:
+    """Per-parameter choice for a child of `first` and `second` (None: draw at random)."""
+
+    def choose(dim: Dimension, child: Assignment) -> ParameterValue | None:
+        sources = (first, second) if (not crossover or rng.random() < 0.5) else (second, first)
+        value = next((s[dim.name] for s in sources if dim.name in s), None)
+        if value is None or rng.random() >= mutation_rate:
+            return value
+        if not dim.is_numeric:
+            others = [v for v in dim.values if v != value] or list(dim.values)
+            return others[int(rng.integers(0, len(others)))]
+        u = dim.to_unit(value) + float(rng.normal(0.0, MUTATION_SIGMA))
+        return dim.from_unit(float(np.clip(u, 0.0, 1.0)))
+
+    return choose

@@ -15,9 +15,10 @@ candidates, perturbations of the best observed points and a few rounds of
 shrinking local search around the best candidates, all snapped to
 representable values.
 
-Waves: each pick is added back as a "Kriging believer" (its value is set to
-the posterior mean, hyperparameters kept), and Pending/Running trials are
-added the same way first, so parallel suggestions spread out.
+Waves: Pending/Running trials and the wave's earlier picks are "running"
+points; the next pick maximises the batch acquisition given them (see
+`_acquisition`), so parallel suggestions spread out instead of piling onto
+the current optimum of the acquisition.
 
 Training set: at most `MAX_TRAINING_POINTS` observations (the best half by
 loss plus the most recent ones), so a suggestion stays well under a second
@@ -26,6 +27,7 @@ however long the history grows; cost is O(n^3) in that number.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -41,6 +43,11 @@ from kubetune.search._space import Assignment, FloatArray, Space
 MAX_TRAINING_POINTS = 200
 _SQRT5 = math.sqrt(5.0)
 _JITTER = 1e-9
+FANTASIES = 64
+# Log prior -(A / w + B * w) on each inverse squared lengthscale w (Optuna's: A = B = 0.1, mode w = 1).
+PRIOR_A = 0.1
+PRIOR_B = 0.1
+MAX_RUNNING_POINTS = 64  # the most recent in-flight points a suggestion accounts for
 _MIN_NOISE = 1e-6
 _LOG_BOUNDS_W = (math.log(1e-4), math.log(1e4))
 _LOG_BOUNDS_AMP = (math.log(1e-2), math.log(1e2))
@@ -67,7 +74,7 @@ def _scaled_sqdist(a: FloatArray, b: FloatArray, w: FloatArray, categorical: np.
     numeric = ~categorical
     sw = np.sqrt(w[numeric])
     an, bn = a[:, numeric] * sw, b[:, numeric] * sw
-    s = (an * an).sum(1)[:, None] + (bn * bn).sum(1)[None, :] - 2.0 * an @ bn.T
+    s: FloatArray = (an * an).sum(1)[:, None] + (bn * bn).sum(1)[None, :] - 2.0 * an @ bn.T
     np.maximum(s, 0.0, out=s)
     for d in np.flatnonzero(categorical):
         s += w[d] * (a[:, d][:, None] != b[:, d][None, :])
@@ -75,38 +82,31 @@ def _scaled_sqdist(a: FloatArray, b: FloatArray, w: FloatArray, categorical: np.
 
 
 class GaussianProcess:
-    """A fitted GP on encoded rows; `condition` adds points with fixed hyperparameters."""
+    """A GP fitted to encoded rows and standardised targets."""
 
     def __init__(self, x: FloatArray, y: FloatArray, categorical: np.ndarray) -> None:
         self.categorical = categorical
         self.w, self.amplitude, self.noise = _fit(x, y, categorical)
         self.x = x
         self.y = y
-        self._factorise()
-
-    def _factorise(self) -> None:
-        s = _scaled_sqdist(self.x, self.x, self.w, self.categorical)
-        k = self.amplitude * _matern(s)[0]
+        k = self.kernel(x, x)
         k[np.diag_indices_from(k)] += self.noise + _JITTER
         self.chol = linalg.cholesky(k, lower=True, check_finite=False)
-        self.alpha = linalg.cho_solve((self.chol, True), self.y, check_finite=False)
+        self.alpha = linalg.cho_solve((self.chol, True), y, check_finite=False)
+
+    def kernel(self, a: FloatArray, b: FloatArray) -> FloatArray:
+        return self.amplitude * _matern(_scaled_sqdist(a, b, self.w, self.categorical))[0]
+
+    def posterior(self, rows: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Posterior mean and the whitened cross-covariance V = L^-1 k(X, rows) (for covariances)."""
+        k = self.kernel(rows, self.x)
+        v = linalg.solve_triangular(self.chol, k.T, lower=True, check_finite=False)
+        return k @ self.alpha, v
 
     def predict(self, rows: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Posterior mean and standard deviation of the latent function."""
-        k = self.amplitude * _matern(_scaled_sqdist(rows, self.x, self.w, self.categorical))[0]
-        mean = k @ self.alpha
-        v = linalg.solve_triangular(self.chol, k.T, lower=True, check_finite=False)
-        variance = np.maximum(self.amplitude - (v * v).sum(0), 1e-12)
-        return mean, np.sqrt(variance)
-
-    def condition(self, rows: FloatArray) -> None:
-        """Kriging believer: add `rows` with their posterior mean as value."""
-        if len(rows) == 0:
-            return
-        mean, _ = self.predict(rows)
-        self.x = np.vstack([self.x, rows])
-        self.y = np.concatenate([self.y, mean])
-        self._factorise()
+        mean, v = self.posterior(rows)
+        return mean, np.sqrt(np.maximum(self.amplitude - (v * v).sum(0), 1e-12))
 
 
 def _fit(x: FloatArray, y: FloatArray, categorical: np.ndarray) -> tuple[FloatArray, float, float]:
@@ -140,9 +140,9 @@ def _fit(x: FloatArray, y: FloatArray, categorical: np.ndarray) -> tuple[FloatAr
         grad[:dims] = 0.5 * amplitude * w * np.einsum("ij,dij->d", big_w * dm, deltas)
         grad[dims] = 0.5 * amplitude * float((big_w * m).sum())
         grad[dims + 1] = 0.5 * noise * float(np.trace(big_w))
-        log_prior = float(-(0.1 / w + 0.1 * w).sum()) + (math.log(amplitude) - amplitude)
+        log_prior = float(-(PRIOR_A / w + PRIOR_B * w).sum()) + (math.log(amplitude) - amplitude)
         log_prior += 0.1 * math.log(noise) - 30.0 * noise
-        grad[:dims] -= 0.1 / w - 0.1 * w
+        grad[:dims] -= PRIOR_A / w - PRIOR_B * w
         grad[dims] -= 1.0 - amplitude
         grad[dims + 1] -= 0.1 - 30.0 * noise
         return nll - log_prior, grad
@@ -170,20 +170,60 @@ def _log_h(z: FloatArray) -> FloatArray:
     return out
 
 
-def _acquisition(gp: GaussianProcess, kind: str, best: float, dims: int) -> Callable[[FloatArray], FloatArray]:
-    """Higher is better; `best` is the smallest standardised loss observed."""
+def _acquisition(
+    gp: GaussianProcess, kind: str, running: FloatArray, rng: np.random.Generator
+) -> Callable[[FloatArray], FloatArray]:
+    """Acquisition (higher is better) of one more point given the `running` ones.
+
+    With running points (Pending/Running trials and the wave's earlier picks)
+    this is the greedy step of batch acquisition, as Optuna's qLogEI: draw
+    FANTASIES joint samples of the running points' values, and average over
+    them the acquisition of the candidate conditioned on each sample, with the
+    incumbent lowered to the best fantasised value. The conditional part is
+    exact (Gaussian), so a candidate next to a running point, whose value is
+    then all but known, gains nothing. Without running points it is plain
+    log EI / log PI / UCB on the posterior.
+    """
+    best = float(gp.y.min())
+    dims = gp.x.shape[1]
+    beta = math.sqrt(0.2 * dims * math.log(2.0 * max(len(gp.y), 2)))
+    if len(running):
+        mean_r, v_r = gp.posterior(running)
+        cov_r = gp.kernel(running, running) - v_r.T @ v_r
+        cov_r[np.diag_indices_from(cov_r)] += 1e-6 * gp.amplitude
+        chol_r = _safe_cholesky(cov_r)
+        z = rng.standard_normal((len(running), FANTASIES))
+        incumbents = np.minimum(best, (mean_r[:, None] + chol_r @ z).min(0))  # (S,)
+    else:
+        chol_r = np.zeros((0, 0))
+        z = np.zeros((0, 1))
+        incumbents = np.array([best])
 
     def score(rows: FloatArray) -> FloatArray:
-        mean, std = gp.predict(rows)
+        mean, v = gp.posterior(rows)
+        variance = gp.amplitude - (v * v).sum(0)
+        means = mean[:, None]
+        if len(running):
+            cross = gp.kernel(rows, running) - v.T @ v_r  # posterior cov(candidate, running)
+            w = linalg.solve_triangular(chol_r, cross.T, lower=True, check_finite=False)
+            variance = variance - (w * w).sum(0)
+            means = mean[:, None] + w.T @ z  # conditional means, one column per fantasy
+        std = np.sqrt(np.maximum(variance, 1e-12))[:, None]
         if kind == "ucb":
-            beta = math.sqrt(0.2 * dims * math.log(2.0 * max(len(gp.y), 2)))
-            return -(mean - beta * std)
-        z = (best - mean) / std
-        if kind == "pi":
-            return np.asarray(special.log_ndtr(z))
-        return np.log(std) + _log_h(z)
+            return np.asarray(-(means - beta * std).mean(1))
+        zs = (incumbents[None, :] - means) / std
+        logs = special.log_ndtr(zs) if kind == "pi" else np.log(std) + _log_h(zs)
+        return np.asarray(special.logsumexp(logs, axis=1) - math.log(logs.shape[1]))
 
     return score
+
+
+def _safe_cholesky(matrix: FloatArray) -> FloatArray:
+    try:
+        return np.asarray(linalg.cholesky(matrix, lower=True, check_finite=False))
+    except linalg.LinAlgError:  # numerically indefinite: a square root from the eigen decomposition
+        values, vectors = np.linalg.eigh(matrix)
+        return np.asarray(vectors * np.sqrt(np.maximum(values, 0.0)))
 
 
 def _warp(losses: FloatArray) -> FloatArray:
@@ -192,8 +232,9 @@ def _warp(losses: FloatArray) -> FloatArray:
     spread = np.median(y)
     if spread > 0 and y.max() > 20 * spread:  # skewed: compress so the good region gets resolution
         y = np.log1p(y / spread)
-    std = y.std()
-    return (y - y.mean()) / (std if std > 0 else 1.0)
+    std = float(y.std())
+    standardised: FloatArray = (y - y.mean()) / (std if std > 0 else 1.0)
+    return standardised
 
 
 def _training_set(usable: list[Observation]) -> list[Observation]:
@@ -247,28 +288,29 @@ def _maximise(
 
 
 def _startup(ctx: Context) -> Iterator[Assignment]:
-    """Scrambled Sobol points: trial i gets point i of the job's sequence (stateless)."""
-    from scipy.stats import qmc
+    """A randomly shifted R_d low-discrepancy sequence (Roberts 2018): trial i gets point i.
 
+    Stateless (point i is frac(shift + i * alpha)) and spread evenly however
+    many points a job ends up using.
+    """
     space = ctx.space
-    sampler = qmc.Sobol(d=len(space), scramble=True, seed=ctx.seed)
-    position = len(ctx.observations)
-    if position:
-        sampler.fast_forward(position)
-    while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            batch = sampler.random(16)
-        for u in batch:
-            result: Assignment = {}
-            for value, dim in zip(u, space.dimensions):
-                if space.is_active(dim, result):
-                    result[dim.name] = dim.from_unit(float(value))
-            yield result
+    dims = len(space)
+    phi = 2.0
+    for _ in range(30):  # the unique positive root of x^(d+1) = x + 1
+        phi = (1.0 + phi) ** (1.0 / (dims + 1))
+    alpha = (1.0 / phi) ** np.arange(1, dims + 1)
+    shift = np.random.default_rng([ctx.seed, 0x5EED]).random(dims)
+    for i in itertools.count(len(ctx.observations)):
+        u = (shift + i * alpha) % 1.0
+        result: Assignment = {}
+        for value, dim in zip(u, space.dimensions, strict=True):
+            if space.is_active(dim, result):
+                result[dim.name] = dim.from_unit(float(value))
+        yield result
 
 
 def propose_gp(ctx: Context, options: GPOptions) -> Iterator[Assignment]:
-    """GP-EI suggestions, one at a time, each conditioning the model on the previous ones."""
+    """GP suggestions one at a time, each accounting for the in-flight points and earlier picks."""
     usable = ctx.usable
     if len(usable) < max(options.n_startup_trials, 2) or len({o.key for o in usable}) < 2:
         yield from _startup(ctx)
@@ -278,12 +320,12 @@ def propose_gp(ctx: Context, options: GPOptions) -> Iterator[Assignment]:
     x = np.array([space.encode(o.parameters or {}) for o in training])
     y = _warp(np.array([o.loss for o in training], dtype=float))
     gp = GaussianProcess(x, y, space.categorical_mask)
-    best = float(y.min())
-    gp.condition(np.array([space.encode(a) for a in ctx.in_flight()]).reshape(-1, len(space)))
-    score = _acquisition(gp, options.acquisition, best, len(space))
+    running = [space.encode(a) for a in ctx.in_flight()[-MAX_RUNNING_POINTS:]]
     anchors = x[np.argsort(y, kind="stable")[:5]]
     draw = 0
     while True:
+        rows_running = np.array(running).reshape(-1, len(space))
+        score = _acquisition(gp, options.acquisition, rows_running, ctx.rng("fantasies", draw))
         rows = _maximise(space, score, anchors, ctx.rng("gp", draw))
         draw += 1
         chosen = None
@@ -295,4 +337,4 @@ def propose_gp(ctx: Context, options: GPOptions) -> Iterator[Assignment]:
         if chosen is None:  # every candidate is taken: let the wave filler fall back
             return
         yield chosen[1]
-        gp.condition(chosen[0][None, :])
+        running = (running + [chosen[0]])[-MAX_RUNNING_POINTS:]

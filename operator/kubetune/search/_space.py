@@ -62,9 +62,7 @@ def load_spec(spec: Mapping[str, Any] | TuningJobSpec) -> TuningJobSpec:
     try:
         return TuningJobSpec.model_validate(dict(spec))
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in error.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in error.errors())
         raise SearchError(f"invalid spec: {problems}") from None
 
 
@@ -163,7 +161,8 @@ class Dimension:
             return _LazyPoints(self)
         lo, hi = (math.log(self.low), math.log(self.high)) if self.log else (self.low, self.high)
         raw = [lo + (hi - lo) * i / (points_per_dimension - 1) for i in range(points_per_dimension)]
-        values = [math.exp(v) if self.log else v for v in raw]
+        # 12 significant digits: 0.1 rather than 0.30000000000000004 / 3, still strictly increasing.
+        values = [float(f"{math.exp(v) if self.log else v:.12g}") for v in raw]
         values[0], values[-1] = self.low, self.high
         if self.type == ParameterType.INT:
             return list(dict.fromkeys(int(round(v)) for v in values))
@@ -418,9 +417,7 @@ class Space:
         active = [c for c in self.children.get(dim.name, []) if str(value) in c.parent_values]
         return _product(self._subtree_size(c, points) for c in active)
 
-    def tree_point(
-        self, index: int, points: Callable[[Dimension], Sequence[ParameterValue]]
-    ) -> Assignment:
+    def tree_point(self, index: int, points: Callable[[Dimension], Sequence[ParameterValue]]) -> Assignment:
         """The `index`-th assignment of the enumeration (first dimension varies slowest)."""
         result: Assignment = {}
         self._decode_list(self.roots, index, points, result)
@@ -438,7 +435,7 @@ class Space:
         for size in reversed(sizes):
             digits.append(index % size)
             index //= size
-        for dim, digit in zip(dims, reversed(digits)):
+        for dim, digit in zip(dims, reversed(digits), strict=True):
             self._decode_subtree(dim, digit, points, result)
 
     def _decode_subtree(

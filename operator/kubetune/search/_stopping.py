@@ -27,8 +27,9 @@ asha (asynchronous successive halving, stopping variant as Optuna's
     maxResource is never stopped.
 hyperband: brackets b = 0..s_max (s_max = floor(log_eta(max / min))); bracket b
     runs ASHA with its first rung at minResource * eta^b (the last bracket has
-    at most one rung, none when maxResource = minResource * eta^s_max). Trial i joins a bracket by the golden-ratio sequence
-    frac(i * 0.618...) over bracket weights proportional to Hyperband's trial
+    at most one rung, none when maxResource = minResource * eta^s_max). Trial i
+    joins a bracket by the golden-ratio sequence frac(i * 0.618...) over
+    bracket weights proportional to Hyperband's trial
     counts ceil((s_max + 1) / (s + 1) * eta^s), s = s_max - b: deterministic,
     balanced and interleaved. Trials compete only within their bracket.
 """

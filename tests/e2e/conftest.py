@@ -1,0 +1,93 @@
+"""Fixtures for tests against the dev cluster (see operator/kubetune/dev/README.md).
+
+- `dev_cluster` (session): a `ClusterInfo` (kubeconfig, prometheus_url, pod_log(), ...). The cluster
+  is started once per session in a private home and torn down at the end; with
+  KUBETUNE_REUSE_CLUSTER=1 the cluster of `kubetune dev up` ($KUBETUNE_DEV_HOME) is reused (started
+  if needed) and left running.
+- `dev_cluster_ctl` (session): the `DevCluster` behind it, to kill or restart components.
+- `kube` (session): typed API clients for the admin kubeconfig.
+- `namespace`: a fresh namespace per test, deleted (and waited for) afterwards.
+- `prometheus_url`: the dev Prometheus.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from kubetune.dev.cluster import ClusterInfo, DevCluster, DevClusterError
+from kubetune.dev.testing import Kube
+
+NAMESPACE_DELETE_TIMEOUT = 180.0
+
+
+@pytest.fixture(scope="session")
+def dev_cluster_ctl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    reuse = os.environ.get("KUBETUNE_REUSE_CLUSTER") == "1"
+    # A private home unless reusing, so a test run never touches the developer's own cluster.
+    # Owned by this process: if pytest is killed, the node agent tears the cluster down.
+    cluster = DevCluster() if reuse else DevCluster(tmp_path_factory.mktemp("kubetune-dev"), owner_pid=os.getpid())
+    try:
+        cluster.up()
+    except DevClusterError as exc:
+        if not reuse:
+            cluster.down()
+        pytest.fail(f"the dev cluster did not start:\n{exc}", pytrace=False)
+    yield cluster
+    if not reuse:
+        cluster.down()
+
+
+@pytest.fixture(scope="session")
+def dev_cluster(dev_cluster_ctl: DevCluster) -> ClusterInfo:
+    return dev_cluster_ctl.info()
+
+
+@pytest.fixture(scope="session")
+def kube(dev_cluster: ClusterInfo) -> Iterator[Kube]:
+    clients = Kube.from_kubeconfig(dev_cluster.kubeconfig)
+    yield clients
+    clients.close()
+
+
+@pytest.fixture(scope="session")
+def prometheus_url(dev_cluster: ClusterInfo) -> str:
+    return dev_cluster.prometheus_url
+
+
+@pytest.fixture
+def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace named after the test; deleted afterwards, waiting until it is gone so
+    pods (and the GPUs they hold) never leak into the next test."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{uuid.uuid4().hex[:5]}"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # Pods are rejected until the ServiceAccount controller created `default`.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            kube.core.read_namespaced_service_account("default", name)
+            break
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            time.sleep(0.2)
+    yield name
+    kube.core.delete_namespace(name)
+    deadline = time.monotonic() + NAMESPACE_DELETE_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            kube.core.read_namespace(name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        time.sleep(0.5)
+    pytest.fail(f"namespace {name} still exists {NAMESPACE_DELETE_TIMEOUT:.0f}s after deletion", pytrace=False)

@@ -1,0 +1,47 @@
+"""Pod IPs and GPU indices: unique while held, reused after release."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetune.dev.allocators import AllocationError, GpuAllocator, IpAllocator
+
+
+def test_ips_are_unique_stable_and_reused() -> None:
+    ips = IpAllocator()
+    a, b = ips.allocate("a"), ips.allocate("b")
+    assert (a, b) == ("127.10.0.1", "127.10.0.2")
+    assert ips.allocate("a") == a  # stable per owner
+    ips.release("a")
+    assert ips.allocate("c") == a  # reused after the pod ended
+
+
+def test_ips_skip_network_and_broadcast_looking_addresses() -> None:
+    ips = IpAllocator()
+    addresses = [ips.allocate(str(i)) for i in range(300)]
+    assert len(set(addresses)) == 300
+    assert not any(a.endswith((".0", ".255")) for a in addresses)
+    assert "127.10.1.1" in addresses
+
+
+def test_reserved_ips_survive_an_agent_restart() -> None:
+    ips = IpAllocator()
+    ips.reserve("old", "127.10.0.1")
+    assert ips.allocate("new") == "127.10.0.2"
+
+
+def test_gpus_lowest_first_never_shared() -> None:
+    gpus = GpuAllocator(4)
+    assert gpus.allocate("a", 1) == [0]
+    assert gpus.allocate("b", 2) == [1, 2]
+    with pytest.raises(AllocationError, match="Requested: 2, Available: 1"):
+        gpus.allocate("c", 2)
+    gpus.release("b")
+    assert gpus.allocate("c", 3) == [1, 2, 3]
+    assert gpus.allocate("d", 0) == []
+
+
+def test_gpu_reservations_on_restart() -> None:
+    gpus = GpuAllocator(2)
+    gpus.reserve("a", [1])
+    assert gpus.allocate("b", 1) == [0]
