@@ -50,8 +50,10 @@ check-crds: venv
 	$(VENV)/bin/kubetune crds --check
 
 lint: venv
-	$(VENV)/bin/ruff check operator trainer-image tests benchmarks
+	$(VENV)/bin/ruff check operator trainer-image tests benchmarks helm
 	$(VENV)/bin/mypy
+	$(VENV)/bin/kubetune crds --check
+	$(PY) -m kubetune.dashboard --check
 
 bench: venv
 	$(PY) benchmarks/search_benchmark.py

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -16,6 +15,8 @@ from typing import Any, TypeVar
 
 import yaml
 from kubernetes import client
+
+from kubetune.dev.testing import poll
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -26,14 +27,7 @@ T = TypeVar("T")
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 300.0, interval: float = 0.5) -> T:
     """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    return poll(what, probe, timeout=timeout, interval=interval)
 
 
 class OperatorProcess:

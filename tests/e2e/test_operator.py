@@ -13,10 +13,9 @@ import pytest
 import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from kubetune_harness import REPO, Cluster, OperatorProcess, condition, prometheus_query, wait_for
 
 from kubetune.dev.cluster import ClusterInfo
-
-from kubetune_harness import REPO, Cluster, OperatorProcess, condition, prometheus_query, wait_for
 
 
 @pytest.fixture(scope="module")

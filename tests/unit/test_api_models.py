@@ -6,8 +6,9 @@ import copy
 from typing import Any
 
 import pytest
-from kubetune.api import TuningJobSpec
 from pydantic import ValidationError
+
+from kubetune.api import TuningJobSpec
 
 BASE: dict[str, Any] = {
     "objective": {"metric": "val_accuracy", "goal": "maximize"},

@@ -23,6 +23,7 @@ from helm_chart import (
     render,
     render_error,
 )
+
 from kubetune.api.crd import CHART_HEADER, build_crds, escape_helm, render_chart_crds
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from kubetune.api.crd import GENERATED_HEADER, build_crds, render_crds
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"

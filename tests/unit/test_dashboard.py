@@ -18,6 +18,8 @@ from typing import Any
 import jsonschema
 import pytest
 from helm_chart import CACHE, CHART, render_text
+from prometheus_client import CollectorRegistry
+
 from kubetune.dashboard import (
     DASHBOARD_PATH,
     alert_queries,
@@ -29,7 +31,6 @@ from kubetune.dashboard import (
 )
 from kubetune.metrics.operator import OperatorMetrics
 from kubetune.report import TrialReporter
-from prometheus_client import CollectorRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = CACHE / "current" / "prometheus"

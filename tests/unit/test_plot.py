@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from kubetune import plot
 from kubetune.api.models import Trial, TuningJob
 from kubetune.cli import COMMAND_MODULES, build_parser

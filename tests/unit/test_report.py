@@ -13,8 +13,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import kubetune
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import kubetune
 from kubetune.report import (
     TERMINATION_MESSAGE_LIMIT_BYTES,
     ReporterSettings,
@@ -22,7 +24,6 @@ from kubetune.report import (
     build_termination_message,
     metric_goal,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from kubetune.api import TuningJobSpec
 from kubetune.cli import main
 from kubetune.search import SearchError, stop, suggest

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from kubetune.search import suggest
 
 ALGORITHMS = ["random", "grid", "bayesian", "tpe", "cmaes", "evolution", "auto"]
@@ -248,6 +249,13 @@ def test_grid_uses_steps_values_and_points_per_dimension_and_then_reports_exhaus
     rest = suggest(spec, half, 1000)
     assert len(rest) == 28 and not {key(a) for a in rest} & {key(a) for a in everything[:20]}
     assert suggest(spec, half + [{"parameters": a, "state": "Running"} for a in rest], 5) == []
+
+
+def test_a_step_that_does_not_divide_the_range_never_passes_max() -> None:
+    # Found by hypothesis: (max - min) / step = 1.99999998 once rounded up to a point above max.
+    parameters = [{"name": "x", "type": "float", "min": 1.0, "max": 51.90234375, "step": 25.451172}]
+    for algorithm in ALGORITHMS:
+        assert sorted(a["x"] for a in suggest(make_spec(algorithm, parameters), [], 5)) == [1.0, 26.451172]
 
 
 def test_grid_order_does_not_depend_on_wave_sizes() -> None:

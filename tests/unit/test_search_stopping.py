@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+
 from kubetune.api import EarlyStopDecision
 from kubetune.search import StopDecision, stop, stop_decisions
 from kubetune.search._stopping import bracket_of, hyperband_brackets

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from kubetune_trainer.cli import StopSignal, main
 from prometheus_client.parser import text_string_to_metric_families
+
+from kubetune_trainer.cli import StopSignal, main
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "lr", "samples_per_second", "epoch_seconds")
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from kubetune_trainer.cli import build_parser
 from kubetune_trainer.config import KNOBS, ConfigError, TrainerConfig, knob_values_from_args, resolve_config
 from kubetune_trainer.docs import replace_knob_table

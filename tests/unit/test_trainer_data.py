@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from kubetune_trainer.config import ConfigError, TrainerConfig
 from kubetune_trainer.data import load_dataset, prepare_data, split_indices
 

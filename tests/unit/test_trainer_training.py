@@ -8,13 +8,14 @@ from functools import cache
 
 import pytest
 import torch
+from torch import nn
+
 from kubetune_trainer.augment import Augmenter
 from kubetune_trainer.config import ConfigError, TrainerConfig
 from kubetune_trainer.data import PreparedData, prepare_data
 from kubetune_trainer.models import build_model
 from kubetune_trainer.optim import lr_at_epoch
 from kubetune_trainer.training import EpochMetrics, TrainingOutcome, resolve_device, train
-from torch import nn
 
 CPU = torch.device("cpu")
 

@@ -38,7 +38,6 @@ from kubetune.report import (
     TrialReporter,
     TrialStatus,
 )
-
 from kubetune_trainer.config import (
     ENV_PARAM_PREFIX,
     ENV_PARAMS_JSON,

@@ -199,14 +199,18 @@ def render_crds() -> dict[str, str]:
     }
 
 
-def write_crds(directory: Path) -> list[Path]:
+def write_files(directory: Path, files: dict[str, str]) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in render_crds().items():
+    for name, text in files.items():
         path = directory / name
         path.write_text(text)
         written.append(path)
     return written
+
+
+def write_crds(directory: Path) -> list[Path]:
+    return write_files(directory, render_crds())
 
 
 # --------------------------------------------------------------------------- the Helm chart's copy
@@ -257,10 +261,4 @@ def render_chart_crds() -> dict[str, str]:
 
 
 def write_chart_crds(directory: Path) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in render_chart_crds().items():
-        path = directory / name
-        path.write_text(text)
-        written.append(path)
-    return written
+    return write_files(directory, render_chart_crds())

@@ -438,11 +438,13 @@ def plan(
     def live_curve(i: int) -> Curve | None:
         return observations.curves.get(trials[i].metadata.name) if statuses[i].phase == TrialPhase.RUNNING else None
 
+    def build_history() -> list[dict[str, Any]]:
+        return [history_entry(t, s, live_curve(i)) for i, (t, s) in enumerate(zip(trials, statuses, strict=True))]
+
     # Early stopping: running trials against everyone's curves.
     rule_on = spec.early_stopping.rule != EarlyStoppingRule.NONE
     if rule_on and observations.available and any(s.phase == TrialPhase.RUNNING for s in statuses):
-        history = [history_entry(t, s, live_curve(i)) for i, (t, s) in enumerate(zip(trials, statuses, strict=True))]
-        for verdict in engine.stop(spec, history):
+        for verdict in engine.stop(spec, build_history()):
             if not 0 <= verdict.index < len(trials) or statuses[verdict.index].phase != TrialPhase.RUNNING:
                 continue
             _stop_trial(result, trials[verdict.index], statuses[verdict.index], pods_by_trial,
@@ -463,7 +465,7 @@ def plan(
         active = counts.pending + counts.running
         slots = min(spec.budget.parallelism - active, spec.budget.max_trials - counts.created)
         if slots > 0:
-            history = [history_entry(t, s, live_curve(i)) for i, (t, s) in enumerate(zip(trials, statuses, strict=True))]
+            history = build_history()
             suggestions = engine.suggest(spec, history, slots)
             result.suggested = slots
             next_index = trials[-1].spec.index + 1 if trials else 0
@@ -506,7 +508,8 @@ def plan(
 
 def _stop_message(spec: TuningJobSpec, verdict: StopVerdict) -> str:
     message = (
-        f"{verdict.rule}: {spec.objective.metric}={verdict.value:.6g} at {spec.early_stopping.resource} {verdict.step:g}"
+        f"{verdict.rule}: {spec.objective.metric}={verdict.value:.6g} "
+        f"at {spec.early_stopping.resource} {verdict.step:g}"
     )
     return message if verdict.threshold is None else f"{message}, needed {verdict.threshold:.6g}"
 

@@ -43,7 +43,7 @@ from kubetune.search._space import Assignment, FloatArray, Space
 MAX_TRAINING_POINTS = 200
 _SQRT5 = math.sqrt(5.0)
 _JITTER = 1e-9
-FANTASIES = 64
+FANTASIES = 32
 # Log prior -(A / w + B * w) on each inverse squared lengthscale w (Optuna's: A = B = 0.1, mode w = 1).
 PRIOR_A = 0.1
 PRIOR_B = 0.1

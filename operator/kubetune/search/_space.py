@@ -105,7 +105,7 @@ class Dimension:
         else:
             kind = Kind.ORDINAL if step is not None else Kind.CONTINUOUS
         if step is not None:  # the last point on the grid; `max` itself only if it lies on it
-            high = low + math.floor((high - low) / step + _STEP_TOLERANCE) * step
+            high = _last_step_point(low, high, step)
         return cls(
             kind=kind,
             low=low,
@@ -243,6 +243,14 @@ class Dimension:
         if self.type == ParameterType.INT:
             return int(round(number)) if number == round(number) else None
         return number
+
+
+def _last_step_point(low: float, high: float, step: float) -> float:
+    """The largest low + k * step that does not exceed high, in exact decimal arithmetic."""
+    k = math.floor((high - low) / step + _STEP_TOLERANCE)
+    while k > 0 and Decimal(repr(low)) + k * Decimal(repr(step)) > Decimal(repr(high)):
+        k -= 1
+    return float(Decimal(repr(low)) + k * Decimal(repr(step)))
 
 
 def _topological(parameters: Sequence[Parameter]) -> list[Parameter]:
