@@ -1,6 +1,6 @@
 """Search-quality and latency benchmark of kubetune.search against the usual tuners.
 
-    python benchmarks/search_benchmark.py            # full run (see SEARCH.md), ~20-30 min on 2 cores
+    python benchmarks/search_benchmark.py            # full run (see SEARCH.md), < 30 min on 2 cores
     python benchmarks/search_benchmark.py --quick    # a CI-sized subset, < 3 min
 
 Every algorithm gets the same problems, budgets and seeds. Problems are
@@ -673,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         algorithms = ["kubetune-auto", "kubetune-tpe", "kubetune-random", "optuna-tpe", "optuna-random"]
         sizes, repeats = [100, 1000], 1
     else:
-        seeds, budget = args.seeds or 10, args.budget or 50
+        seeds, budget = args.seeds or 8, args.budget or 50
         problems = [p.name for p in PROBLEMS]
         algorithms = list(ALGORITHMS)
         sizes, repeats = [100, 1000, 5000], 3

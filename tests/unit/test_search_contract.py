@@ -194,6 +194,14 @@ def test_a_finite_space_is_exhausted_then_suggestions_run_out(algorithm: str) ->
     assert suggest(spec, history, 3) == []
 
 
+def test_auto_walks_a_finite_space_the_budget_covers_and_models_a_larger_one() -> None:
+    grid_order = suggest(make_spec("grid", SMALL), [], 8)
+    assert suggest(make_spec("auto", SMALL, max_trials=8), [], 8) == grid_order
+    history = [{"parameters": a, "state": "Succeeded", "objective": float(i)} for i, a in enumerate(grid_order[:4])]
+    assert suggest(make_spec("auto", SMALL, max_trials=8), history, 4) == grid_order[4:]
+    assert suggest(make_spec("auto", SMALL, max_trials=7), [], 8) != grid_order  # budget < 8 points: GP startup
+
+
 @pytest.mark.parametrize("algorithm", MODEL_BASED)
 def test_a_parallel_wave_does_not_collapse(algorithm: str) -> None:
     grid = [{"name": "x", "type": "int", "min": 0, "max": 6}, {"name": "y", "type": "int", "min": 0, "max": 6}]

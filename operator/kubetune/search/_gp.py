@@ -9,6 +9,9 @@ lengthscales, amplitude, noise) are the MAP estimate under Optuna GPSampler's
 priors, found by L-BFGS-B from a fixed start with analytic gradients, so a
 call is deterministic.
 
+Startup: until `nStartupTrials` usable trials exist, points of a randomly
+shifted R_d low-discrepancy sequence (trial i gets point i).
+
 Targets: losses are rank-preserving warped (see `_warp`) then standardised.
 Acquisition: log expected improvement (or UCB / PI), maximised over random
 candidates, perturbations of the best observed points and a few rounds of
