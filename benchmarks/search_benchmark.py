@@ -11,7 +11,7 @@ known optimum or the best value any run found, and "median random" is the
 median final best of the random-search runs. Per problem the median over
 seeds is reported; "overall" is the mean of the per-problem medians.
 
-Writes benchmarks/search_benchmark.json (raw results), the plot
+Writes benchmarks/out/search_benchmark.json (raw results, git-ignored), the plot
 benchmarks/search_benchmark.png, and prints Markdown tables. scikit-learn
 evaluations are cached in benchmarks/out/ (git-ignored) so reruns are fast.
 """
@@ -563,7 +563,16 @@ def plot(scored: dict[str, Any], algorithms: list[str], path: Path, budget: int)
     columns = 4
     rows = math.ceil((len(problems) + 1) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False)
-    colours = plt.get_cmap("tab20")
+    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
+
+    def colours(k: int) -> Any:
+        return palette[k % len(palette)]
+
+    def style(algorithm: str) -> dict[str, Any]:
+        if algorithm == "kubetune-auto":  # drawn wide so that an identical curve on top leaves it visible
+            return {"linestyle": "-", "linewidth": 3.2, "alpha": 0.55}
+        return {"linestyle": "-" if algorithm.startswith("kubetune") else "--", "linewidth": 1.3}
+
     x = np.arange(1, budget + 1)
     overall = {a: np.zeros(budget) for a in algorithms}
     for index, problem in enumerate(problems):
@@ -571,15 +580,13 @@ def plot(scored: dict[str, Any], algorithms: list[str], path: Path, budget: int)
         for k, algorithm in enumerate(algorithms):
             median = np.median(np.array(curves[problem][algorithm]), axis=0)
             overall[algorithm] += median / len(problems)
-            style = "-" if algorithm.startswith("kubetune") else "--"
-            axis.plot(x, median, style, color=colours(k), label=algorithm, linewidth=1.4)
+            axis.plot(x, median, color=colours(k), label=algorithm, **style(algorithm))
         axis.set_title(problem, fontsize=9)
         axis.set_ylim(-5, 105)
         axis.grid(alpha=0.3)
     axis = axes[len(problems) // columns][len(problems) % columns]
     for k, algorithm in enumerate(algorithms):
-        style = "-" if algorithm.startswith("kubetune") else "--"
-        axis.plot(x, overall[algorithm], style, color=colours(k), label=algorithm, linewidth=1.6)
+        axis.plot(x, overall[algorithm], color=colours(k), label=algorithm, **style(algorithm))
     axis.set_title("mean over problems", fontsize=9)
     axis.set_ylim(-5, 105)
     axis.grid(alpha=0.3)
@@ -651,6 +658,17 @@ def latency(sizes: list[int], algorithms: list[str], repeats: int) -> dict[str, 
     return out
 
 
+def _print_latency(latencies: dict[str, Any]) -> None:
+    if not latencies:
+        return
+    sizes = list(next(iter(latencies.values())))
+    print("\nWave of 10, seconds wall / CPU (median of repeats):\n")
+    print("| algorithm | " + " | ".join(f"{s} finished" for s in sizes) + " |")
+    print("|---" * (len(sizes) + 1) + "|")
+    for algorithm, row in latencies.items():
+        print(f"| {algorithm} | " + " | ".join(f"{row[s]['wall']:.2f} / {row[s]['cpu']:.2f}" for s in sizes) + " |")
+
+
 # ============================================================================ main
 
 
@@ -663,9 +681,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algorithms", default=None, help="comma-separated subset")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-latency", action="store_true")
-    parser.add_argument("--output", type=Path, default=HERE / "search_benchmark.json")
-    parser.add_argument("--plot", type=Path, default=HERE / "search_benchmark.png")
+    parser.add_argument("--replot", action="store_true", help="tables and plot from --output, without running")
+    parser.add_argument("--output", type=Path, default=None, help="raw results (default benchmarks/out/)")
+    parser.add_argument("--plot", type=Path, default=None, help="plot (default benchmarks/search_benchmark.png)")
     args = parser.parse_args(argv)
+    suffix = "_quick" if args.quick else ""  # a quick run never overwrites the full run's files
+    args.output = args.output or CACHE_DIR / f"search_benchmark{suffix}.json"
+    args.plot = args.plot or (CACHE_DIR / "search_benchmark_quick.png" if args.quick else HERE / "search_benchmark.png")
 
     if args.quick:
         seeds, budget = args.seeds or 2, args.budget or 30
@@ -677,6 +699,16 @@ def main(argv: list[str] | None = None) -> int:
         problems = [p.name for p in PROBLEMS]
         algorithms = list(ALGORITHMS)
         sizes, repeats = [100, 1000, 5000], 3
+    if args.replot:
+        saved = json.loads(args.output.read_text())
+        runs, budget = saved["runs"], saved["budget"]
+        present = {r["algorithm"] for r in runs}
+        names = [a for a in ALGORITHMS if a in present] + sorted(present - set(ALGORITHMS))
+        scored = score(runs, budget)
+        plot(scored, names, args.plot, budget)
+        print(summary_tables(runs, scored, names))
+        _print_latency(saved["latency_seconds"])
+        return 0
     if args.problems:
         problems = args.problems.split(",")
     if args.algorithms:
@@ -719,17 +751,13 @@ def main(argv: list[str] | None = None) -> int:
         "latency_seconds": latencies,
         "runs": results,
     }
-    args.output.write_text(json.dumps(payload, indent=1))
+    args.output.parent.mkdir(exist_ok=True)
+    args.output.write_text(json.dumps(payload))
     plot(scored, algorithms, args.plot, budget)
     print()
     print(f"{len(problems)} problems x {seeds} seeds x {budget} trials, {elapsed:.0f} s, {machine}")
     print(tables)
-    if latencies:
-        print("\nWave of 10, seconds wall / CPU (median of repeats):")
-        print("\n| algorithm | " + " | ".join(f"{s} finished" for s in sizes) + " |")
-        print("|---" * (len(sizes) + 1) + "|")
-        for algorithm, row in latencies.items():
-            print(f"| {algorithm} | " + " | ".join(f"{row[s]['wall']:.2f} / {row[s]['cpu']:.2f}" for s in sizes) + " |")
+    _print_latency(latencies)
     return 0
 
 

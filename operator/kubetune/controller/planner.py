@@ -447,6 +447,8 @@ def plan(
         for verdict in engine.stop(spec, build_history()):
             if not 0 <= verdict.index < len(trials) or statuses[verdict.index].phase != TrialPhase.RUNNING:
                 continue
+            if not math.isfinite(verdict.value):  # a curve of NaNs: nothing JSON can record
+                continue
             _stop_trial(result, trials[verdict.index], statuses[verdict.index], pods_by_trial,
                         observations, now, "EarlyStopped",
                         _stop_message(spec, verdict),
