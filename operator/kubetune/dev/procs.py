@@ -107,17 +107,16 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def spawn(
-    argv: Sequence[str],
-    *,
-    log_file: Path,
-    env: Mapping[str, str],
-    cwd: Path,
-) -> ProcessHandle:
-    """Start `argv` in its own session (so its process group can be signalled as a whole)."""
+def start_in_session(
+    argv: Sequence[str], *, log_file: Path, env: Mapping[str, str], cwd: Path | str | None
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session, stdout and stderr appended to `log_file`.
+
+    Its own session makes its process group signalable as a whole.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab", buffering=0) as out:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -127,6 +126,17 @@ def spawn(
             start_new_session=True,
             close_fds=True,
         )
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log_file: Path,
+    env: Mapping[str, str],
+    cwd: Path,
+) -> ProcessHandle:
+    """Start `argv` in its own session and identify it (pid + start time) for later checks."""
+    proc = start_in_session(argv, log_file=log_file, env=env, cwd=cwd)
     handle = ProcessHandle.of(proc.pid)
     if handle is None:  # exited before we could look: still identify it, it will read as dead
         handle = ProcessHandle(proc.pid, -1, boot_id())

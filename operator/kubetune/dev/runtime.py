@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubetune.dev.procs import start_in_session
+
 # $1 = exit file, $2 = start-error file, then "src dst ro|rw" triples, then "--", then argv.
 # `trap :` (not `trap ''`) so the workload still gets default signal handling, while the wrapper
 # survives SIGTERM to the group long enough to record the workload's exit status.
@@ -99,18 +101,7 @@ def launch(
             mount_args += [mount.source, mount.target, "ro" if mount.read_only else "rw"]
         prefix = [shutil.which("unshare") or "unshare", "--mount", "--propagation", "private", "--"]
     cmd = [*prefix, "/bin/sh", "-c", WRAPPER, "kubetune-pod", str(exit_file), str(error_file), *mount_args, "--"]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab", buffering=0) as log:
-        return subprocess.Popen(
-            [*cmd, *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,
-            close_fds=True,
-        )
+    return start_in_session([*cmd, *argv], log_file=log_path, env=env, cwd=cwd)
 
 
 def read_exit_code(exit_file: Path) -> int | None:
