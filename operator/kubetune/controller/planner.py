@@ -15,7 +15,7 @@ Trial lifecycle, as decided here from the trial's pods:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -39,6 +39,7 @@ from kubetune.controller import naming
 from kubetune.controller.conditions import remove_condition, set_condition
 from kubetune.controller.observe import PodView
 from kubetune.controller.templates import build_trial, build_trial_pod, template_placeholders
+from kubetune.search import StopDecision
 
 Curve = list[tuple[float, float]]
 
@@ -59,21 +60,10 @@ class Observations:
         return self.problem is None
 
 
-@dataclass(frozen=True)
-class StopVerdict:
-    """One early-stopping decision of the engine: history index and what decided it."""
-
-    index: int
-    rule: str
-    step: float
-    value: float
-    threshold: float | None
-
-
 class Engine(Protocol):
     def suggest(self, spec: TuningJobSpec, history: list[dict[str, Any]], n: int) -> list[ParameterAssignment]: ...
 
-    def stop(self, spec: TuningJobSpec, history: list[dict[str, Any]]) -> list[StopVerdict]: ...
+    def stop(self, spec: TuningJobSpec, history: list[dict[str, Any]]) -> list[StopDecision]: ...
 
 
 # --------------------------------------------------------------------------- actions
@@ -452,8 +442,7 @@ def plan(
             _stop_trial(result, trials[verdict.index], statuses[verdict.index], pods_by_trial,
                         observations, now, "EarlyStopped",
                         _stop_message(spec, verdict),
-                        EarlyStopDecision(rule=verdict.rule, step=verdict.step, value=verdict.value,
-                                          threshold=verdict.threshold))
+                        verdict.to_status())
 
     # The job as a whole.
     start = _parse_time(job.status.start_time) or now
@@ -508,7 +497,7 @@ def plan(
     return result
 
 
-def _stop_message(spec: TuningJobSpec, verdict: StopVerdict) -> str:
+def _stop_message(spec: TuningJobSpec, verdict: StopDecision) -> str:
     message = (
         f"{verdict.rule}: {spec.objective.metric}={verdict.value:.6g} "
         f"at {spec.early_stopping.resource} {verdict.step:g}"
@@ -618,5 +607,3 @@ def _requeue_after(
         waits.append(max(0.1, (start + timedelta(seconds=deadline) - now).total_seconds()))
     return min(waits) if waits else None
 
-
-EngineFactory = Callable[[], Engine]

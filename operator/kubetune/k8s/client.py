@@ -8,7 +8,6 @@ reconciler can reason about (AlreadyExists, NotFound, Conflict).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import ssl
@@ -190,14 +189,6 @@ class KubeClient:
                 raise _error(response.status, payload)
             return payload if isinstance(payload, dict) else {"items": payload}
 
-    async def get(self, path: str) -> Json:
-        return await self.request("GET", path)
-
-    async def list(self, path: str, label_selector: str | None = None) -> list[Json]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        items: list[Json] = (await self.request("GET", path, params=params)).get("items") or []
-        return items
-
     async def create(self, path: str, body: Json) -> Json:
         return await self.request("POST", path, body)
 
@@ -217,14 +208,3 @@ class KubeClient:
             options["gracePeriodSeconds"] = grace_period_seconds
         return await self.request("DELETE", path, options)
 
-
-async def retry_on_conflict(attempts: int, action: Any) -> Any:
-    """Run `action()` (a coroutine factory) again when the API server answers 409 Conflict."""
-    for attempt in range(attempts):
-        try:
-            return await action()
-        except Conflict:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.05 * (attempt + 1))
-    return None
