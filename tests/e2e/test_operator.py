@@ -12,8 +12,16 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
-from kubetune_harness import REPO, Cluster, OperatorProcess, condition, prometheus_query, wait_for
+from kubetune_harness import (
+    REPO,
+    Cluster,
+    OperatorProcess,
+    condition,
+    create_namespace,
+    install_crds,
+    prometheus_query,
+    wait_for,
+)
 
 from kubetune.dev.cluster import ClusterInfo
 
@@ -26,30 +34,8 @@ def api(dev_cluster: ClusterInfo) -> Iterator[client.ApiClient]:
     api_client.close()
 
 
-def install_crds(api_client: client.ApiClient) -> None:
-    extensions = client.ApiextensionsV1Api(api_client)
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        manifest = yaml.safe_load(path.read_text())
-        try:
-            extensions.create_custom_resource_definition(manifest)
-        except ApiException as error:
-            if error.status != 409:
-                raise
-            current = extensions.read_custom_resource_definition(manifest["metadata"]["name"])
-            manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
-            extensions.replace_custom_resource_definition(manifest["metadata"]["name"], manifest)
-
-        def established(name: str = manifest["metadata"]["name"]) -> bool:
-            crd = extensions.read_custom_resource_definition(name)
-            return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
-
-        wait_for(f"CRD {path.name} established", established, timeout=60)
-
-
 def make_namespace(api_client: client.ApiClient, prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    client.CoreV1Api(api_client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    return name
+    return create_namespace(client.CoreV1Api(api_client), f"{prefix}-{uuid.uuid4().hex[:6]}")
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +216,62 @@ def test_operator_survives_sigkill_without_losing_or_duplicating_trials(
     pods = cluster.pods("crashy")
     assert sorted(p.metadata.name for p in pods) == sorted(f"crashy-{i}-1" for i in range(8)), "a trial ran twice"
     client.CoreV1Api(api).delete_namespace(namespace)
+
+
+def test_examples_run_as_published(tuning: tuple[Cluster, OperatorProcess]) -> None:
+    """The random, evolutionary and conditional (model-selection) examples, applied unmodified, all finish."""
+    cluster, operator = tuning
+    examples = {"digits-random": 6, "digits-evolution": 8, "model-selection": 8}
+    for name in examples:
+        cluster.apply_example(f"{name}.yaml")
+    for name, max_trials in examples.items():
+        job = cluster.wait_finished(name, timeout=900)
+        assert job["status"]["phase"] == "Succeeded", (name, job["status"], operator.log_tail())
+        trials = cluster.trials(name)
+        assert len(trials) == max_trials and all(t["status"]["phase"] == "Succeeded" for t in trials), name
+        best = job["status"]["bestTrial"]
+        assert best["objective"] == max_or_min(job, trials)
+
+    # Conditional parameters: each trial carries exactly the knobs of its model family.
+    own_knobs = {"logistic": set(), "mlp": {"hidden_layers", "hidden_units"}, "cnn": {"channels", "augment"}}
+    families = set()
+    for trial in cluster.trials("model-selection"):
+        params = trial["spec"]["parameters"]
+        families.add(params["model"])
+        assert set(params) - {"model", "lr"} == own_knobs[params["model"]], params
+    assert len(families) >= 2, families
+
+
+def max_or_min(job: dict[str, Any], trials: list[dict[str, Any]]) -> float:
+    objectives = [t["status"]["objective"] for t in trials]
+    return float(max(objectives) if job["spec"]["objective"]["goal"] == "maximize" else min(objectives))
+
+
+def test_suspend_resume_and_raised_budget_continue_the_job(tuning: tuple[Cluster, OperatorProcess]) -> None:
+    cluster, operator = tuning
+    quick = {"maxTrials": 2, "parallelism": 2}
+    cluster.apply_example("digits-random.yaml", name="resumable", budget=quick, suspend=True)
+    suspended = wait_for("phase Suspended", lambda: cluster.job("resumable").get("status", {}).get("phase")
+                         == "Suspended", timeout=120)
+    assert suspended
+    time.sleep(3)  # a suspended job must not start trials, even after a few reconciles
+    assert not cluster.trials("resumable")
+
+    cluster.patch_job("resumable", {"spec": {"suspend": False}})
+    job = cluster.wait_finished("resumable", timeout=600)
+    assert job["status"]["phase"] == "Succeeded" and job["status"]["counts"]["succeeded"] == 2, operator.log_tail()
+
+    # Raising maxTrials on a finished job continues it from where it stopped.
+    cluster.patch_job("resumable", {"spec": {"budget": {"maxTrials": 4}}})
+
+    def finished_again() -> dict[str, Any] | None:
+        job = cluster.job("resumable")
+        status = job.get("status") or {}
+        return job if status.get("phase") in ("Succeeded", "Failed") and status["counts"]["created"] == 4 else None
+
+    job = wait_for("the job to continue to 4 trials", finished_again, timeout=600)
+    trials = cluster.trials("resumable")
+    assert job["status"]["phase"] == "Succeeded", (job["status"], operator.log_tail())
+    assert [t["metadata"]["name"] for t in trials] == [f"resumable-{i}" for i in range(4)]
+    assert job["status"]["counts"]["succeeded"] == 4 and job["status"]["progress"] == "4/4"
+    assert (condition(job, "Succeeded") or {}).get("reason") == "MaxTrialsReached"
