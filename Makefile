@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export KUBETUNE_CACHE ?= $(HOME)/.cache/kubetune
 
-.PHONY: setup system-deps binaries venv test unit e2e demo demo-down crds check-crds lint typecheck bench clean
+.PHONY: setup system-deps binaries venv test unit e2e demo demo-down crds check-crds lint typecheck bench bench-operator clean
 
 setup: system-deps binaries venv
 
@@ -40,7 +40,7 @@ demo: setup
 	bash hack/demo.sh
 
 demo-down:
-	-eval "$$($(VENV)/bin/kubetune dev env)" && test -f "$$KUBETUNE_DEV_HOME/operator.pid" && kill "$$(cat $$KUBETUNE_DEV_HOME/operator.pid)"
+	-eval "$$($(VENV)/bin/kubetune dev env)" && helm uninstall kubetune --namespace kubetune-system --ignore-not-found --wait
 	$(VENV)/bin/kubetune dev down
 
 crds: venv
@@ -57,6 +57,11 @@ lint: venv
 
 bench: venv
 	$(PY) benchmarks/search_benchmark.py
+
+# Control-plane benchmarks on a private dev cluster (OPERATOR.md): turnover ~5 min, scale ~30 min.
+bench-operator: setup
+	$(PY) benchmarks/operator_benchmark.py turnover
+	$(PY) benchmarks/operator_benchmark.py scale
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -4,7 +4,9 @@
 the chart ships it as a ConfigMap labelled `grafana_dashboard: "1"` for Grafana's sidecar.
 `dashboard_queries()` and `alert_queries()` list every PromQL expression the dashboard and
 the chart's PrometheusRule use, with Grafana's variables replaced by concrete values, so a
-test can hand each one to a real Prometheus and fail on a syntax error.
+test can hand each one to a real Prometheus and fail on a syntax error; `dashboard_query_list()`
+(with the variables of a real job) and `alert_rules()` add how Grafana runs each query and the
+alert names, for the e2e test that runs them against the dev cluster's Prometheus.
 
 Series and labels (see trainer-image/README.md and kubetune.metrics.operator):
 - trial series carry `namespace`, `kubetune_io_job`, `kubetune_io_trial` (Prometheus target labels);
@@ -18,9 +20,10 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -216,9 +219,12 @@ STOPPED_EARLY = (
     f" unless on (namespace, kubetune_io_job, kubetune_io_trial) kubetune_trial_step{{{TRIAL_SELECTOR}}})"
 )
 
+_EARLY_STOPS = f'kubetune_trials_finished_total{{{JOB_SELECTOR}, outcome="EarlyStopped"}}'
+# A job's first early stop creates its counter at 1, which changes() cannot see: a series that did not
+# exist a minute ago counts too.
 EARLY_STOP_ANNOTATION = (
-    f'sum by (namespace, tuningjob) (changes(kubetune_trials_finished_total{{{JOB_SELECTOR}, outcome="EarlyStopped"}}'
-    "[1m])) > 0"
+    f"sum by (namespace, tuningjob) (changes({_EARLY_STOPS}[1m]) > 0 or ({_EARLY_STOPS} unless {_EARLY_STOPS}"
+    " offset 1m))"
 )
 
 
@@ -607,10 +613,11 @@ def render_dashboard_json() -> str:
 # --------------------------------------------------------------------------- query listings
 
 
-def substitute(expr: str) -> str:
-    """`expr` with Grafana's variables replaced by values Prometheus accepts (longest names first)."""
-    for name in sorted(SUBSTITUTIONS, key=len, reverse=True):
-        expr = expr.replace(name, SUBSTITUTIONS[name])
+def substitute(expr: str, values: Mapping[str, str] | None = None) -> str:
+    """`expr` with Grafana's variables replaced by `values` (over SUBSTITUTIONS), longest names first."""
+    table = {**SUBSTITUTIONS, **(values or {})}
+    for name in sorted(table, key=len, reverse=True):
+        expr = expr.replace(name, table[name])
     return expr
 
 
@@ -623,33 +630,63 @@ def _walk_panels(panels: Iterable[Json]) -> Iterable[Json]:
         yield from _walk_panels(panel.get("panels") or [])
 
 
-def dashboard_queries(dashboard: Json | None = None, *, raw: bool = False) -> list[str]:
+@dataclass(frozen=True)
+class Query:
+    """One PromQL expression of the dashboard and how Grafana runs it."""
+
+    source: str  # "panel <title>", "annotation <name>" or "variable <name>"
+    expr: str
+    kind: Literal["range", "instant", "series"]  # query_range, query, or series (label_values) over the range
+
+
+def dashboard_query_list(dashboard: Json | None = None, values: Mapping[str, str] | None = None, *,
+                         raw: bool = False) -> list[Query]:
     """Every PromQL expression of the dashboard: panel targets, annotations, variable selectors.
 
-    Grafana's variables are substituted (see SUBSTITUTIONS) unless `raw`; a `label_values(sel, label)`
-    variable contributes its series selector `sel`.
+    Grafana's variables are replaced by `values` over SUBSTITUTIONS (see `substitute`) unless `raw`;
+    a `label_values(sel, label)` variable contributes its series selector `sel`.
     """
     dashboard = dashboard if dashboard is not None else build_dashboard()
-    exprs: list[str] = []
+    found: list[Query] = []
     for panel in _walk_panels(dashboard.get("panels") or []):
-        exprs += [t["expr"] for t in panel.get("targets") or [] if t.get("expr")]
-    exprs += [a["expr"] for a in dashboard.get("annotations", {}).get("list", []) if a.get("expr")]
+        found += [
+            Query(f"panel {panel.get('title')}", t["expr"], "instant" if t.get("instant") else "range")
+            for t in panel.get("targets") or []
+            if t.get("expr")
+        ]
+    found += [
+        Query(f"annotation {a.get('name')}", a["expr"], "range")
+        for a in dashboard.get("annotations", {}).get("list", [])
+        if a.get("expr")
+    ]
     for variable in dashboard.get("templating", {}).get("list", []):
         match = _LABEL_VALUES.match(str(variable.get("query", ""))) if variable.get("type") == "query" else None
         if match:
-            exprs.append(match["selector"])
-    return exprs if raw else [substitute(e) for e in exprs]
+            found.append(Query(f"variable {variable['name']}", match["selector"], "series"))
+    return found if raw else [replace(q, expr=substitute(q.expr, values)) for q in found]
 
 
-def alert_queries(rendered_manifests: str) -> list[str]:
-    """The `expr` of every alerting/recording rule in `helm template` output (PrometheusRule objects)."""
-    exprs: list[str] = []
+def dashboard_queries(dashboard: Json | None = None, *, raw: bool = False) -> list[str]:
+    """The expressions of `dashboard_query_list`, with the default SUBSTITUTIONS unless `raw`."""
+    return [q.expr for q in dashboard_query_list(dashboard, raw=raw)]
+
+
+def alert_rules(rendered_manifests: str) -> dict[str, str]:
+    """Alert (or record) name -> `expr` of every rule in `helm template` output (PrometheusRule objects)."""
+    rules: dict[str, str] = {}
     for document in yaml.safe_load_all(rendered_manifests):
         if not isinstance(document, dict) or document.get("kind") != "PrometheusRule":
             continue
         for group in document.get("spec", {}).get("groups", []):
-            exprs += [str(rule["expr"]) for rule in group.get("rules", []) if "expr" in rule]
-    return exprs
+            rules.update(
+                {str(r.get("alert") or r.get("record")): str(r["expr"]) for r in group.get("rules", []) if "expr" in r}
+            )
+    return rules
+
+
+def alert_queries(rendered_manifests: str) -> list[str]:
+    """The `expr` of every alerting/recording rule in `helm template` output (PrometheusRule objects)."""
+    return list(alert_rules(rendered_manifests).values())
 
 
 # --------------------------------------------------------------------------- python -m kubetune.dashboard

@@ -36,7 +36,8 @@ def env_of(deployment: dict[str, Any]) -> dict[str, str]:
 
 
 def test_every_scenario_has_a_values_file() -> None:
-    assert {p.name for p in CI_VALUES} == {"default-values.yaml", "namespaced-values.yaml", "monitoring-values.yaml"}
+    assert {p.name for p in CI_VALUES} == {"default-values.yaml", "namespaced-values.yaml", "monitoring-values.yaml",
+                                           "dev-values.yaml"}
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
@@ -95,6 +96,36 @@ def test_deployment_is_hardened_and_single() -> None:
         "KUBETUNE_OPERATOR_METRICS_PORT": "9102",
         "KUBETUNE_HEALTH_PORT": "8081",
     }
+
+
+def test_dev_cluster_values() -> None:
+    """ci/dev-values.yaml (make demo, tests/e2e/test_chart_install.py): the chart's own command, which the
+    dev node agent finds in the repository's .venv; the operator binds its pod IP there."""
+    deployment = one(render("-f", str(CHART / "ci" / "dev-values.yaml")), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["kubetune", "operator"]
+    listen = next(e for e in container["env"] if e["name"] == "KUBETUNE_LISTEN_ADDRESS")
+    assert listen["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env_of(deployment)["KUBETUNE_METRICS_POLL_SECONDS"] == "0.5"
+
+
+def test_the_operator_pod_names_its_metrics_job() -> None:
+    """The dev Prometheus (pod discovery) labels the operator's series with the job a ServiceMonitor would
+    give them, read from this annotation: the alerts' up{job=...} works on both."""
+    from kubetune.dev.prometheus import OPERATOR_JOB_ANNOTATION, OPERATOR_PODS_JOB, build_prometheus_config, meta_label
+
+    manifests = render()
+    template = one(manifests, "Deployment")["spec"]["template"]
+    service = one(manifests, "Service")["metadata"]["name"]
+    assert template["metadata"]["annotations"] == {OPERATOR_JOB_ANNOTATION: service}
+    config = build_prometheus_config(kubeconfig=Path("/k"), targets_dir=Path("/t"))
+    pods_job = next(j for j in config["scrape_configs"] if j["job_name"] == OPERATOR_PODS_JOB)
+    relabel = next(r for r in pods_job["relabel_configs"] if r.get("target_label") == "job")
+    assert relabel["source_labels"] == [meta_label("__meta_kubernetes_pod_annotation_", OPERATOR_JOB_ANNOTATION)]
+    disabled = one(render("--set", "metrics.enabled=false", "--set", "podAnnotations.a=b"), "Deployment")
+    assert disabled["spec"]["template"]["metadata"]["annotations"] == {"a": "b"}
+    assert "annotations" not in one(render("--set", "metrics.enabled=false"), "Deployment")["spec"]["template"][
+        "metadata"]
 
 
 def test_values_reach_the_operator() -> None:

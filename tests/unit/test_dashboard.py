@@ -22,9 +22,12 @@ from prometheus_client import CollectorRegistry
 
 from kubetune.dashboard import (
     DASHBOARD_PATH,
+    Query,
     alert_queries,
+    alert_rules,
     build_dashboard,
     dashboard_queries,
+    dashboard_query_list,
     main,
     render_dashboard_json,
     substitute,
@@ -246,6 +249,30 @@ def test_grafana_variables_are_all_substituted() -> None:
     for expr in dashboard_queries():
         assert "$" not in expr, expr
     assert substitute("rate(x[$__rate_interval]) / $__range") == "rate(x[1m]) / 1h"
+    assert substitute('x{a=~"$tuningjob"}[$__range]', {"$tuningjob": "job-1", "$__range": "5m"}) == (
+        'x{a=~"job-1"}[5m]'
+    )
+
+
+def test_query_list_says_how_grafana_runs_each_query() -> None:
+    """The e2e test (tests/e2e/test_chart_install.py) runs each one as Grafana would: range, instant, series."""
+    queries = dashboard_query_list(values={"$namespace": "ns-1"})
+    assert [q.expr for q in queries] == [substitute(e, {"$namespace": "ns-1"}) for e in dashboard_queries(raw=True)]
+    by_source = {q.source: q for q in queries}
+    assert by_source["panel Phase"].kind == "instant"
+    assert by_source["panel Best objective so far"].kind == "range"
+    assert by_source["annotation Early stops"].kind == "range"
+    assert by_source["variable tuningjob"] == Query(
+        "variable tuningjob", 'kubetune_tuningjob_phase{namespace=~"ns-1"}', "series"
+    )
+    assert {q.kind for q in queries} == {"range", "instant", "series"}
+
+
+def test_alert_rules_by_name() -> None:
+    rules = alert_rules(render_text("-f", str(MONITORING_VALUES)))
+    assert list(rules) == ["KubetuneOperatorDown", "KubetuneTrialsFailing", "KubetuneTuningJobStalled",
+                           "KubetunePrometheusErrors"]
+    assert list(rules.values()) == monitoring_alerts()
 
 
 # --------------------------------------------------------------------------- PromQL

@@ -8,7 +8,9 @@ Contract (README.md, "Scrape contract"; the operator, trainer and Helm chart rel
   Prometheus Operator PodMonitor with `podTargetLabels` produces, so queries work on both;
 - the operator is scraped on port `metrics` of pods labelled `app.kubernetes.io/name: kubetune`,
   and at any target listed in `<home>/prometheus/targets/*.json` (file_sd, for an in-process
-  operator in tests).
+  operator in tests). A pod's annotation `kubetune.io/metrics-job` (the Helm chart sets it to its
+  metrics Service's name) becomes the `job` label, as a ServiceMonitor would name it, so the chart's
+  alerts (`up{job="<release>-kubetune-metrics"}`) see the dev cluster's operator.
 Terminal pods (Succeeded/Failed) are dropped, as a PodMonitor does.
 """
 
@@ -26,6 +28,7 @@ JOB_LABEL = "kubetune.io/job"
 TRIAL_LABEL = "kubetune.io/trial"
 OPERATOR_NAME_LABEL = "app.kubernetes.io/name"
 OPERATOR_NAME = "kubetune"
+OPERATOR_JOB_ANNOTATION = "kubetune.io/metrics-job"
 
 TRIALS_JOB = "kubetune-trials"
 OPERATOR_PODS_JOB = "kubetune-operator"
@@ -87,6 +90,12 @@ def build_prometheus_config(*, kubeconfig: Path, targets_dir: Path, interval: st
                 "relabel_configs": [
                     {"source_labels": [_pod_label(OPERATOR_NAME_LABEL)], "regex": OPERATOR_NAME, "action": "keep"},
                     *_common_pod_relabels(),
+                    {
+                        "source_labels": [meta_label("__meta_kubernetes_pod_annotation_", OPERATOR_JOB_ANNOTATION)],
+                        "regex": "(.+)",
+                        "target_label": "job",
+                        "action": "replace",
+                    },
                 ],
             },
             {

@@ -19,17 +19,21 @@ from pathlib import Path
 
 from kubetune.dev.procs import start_in_session
 
-# $1 = exit file, $2 = start-error file, then "src dst ro|rw" triples, then "--", then argv.
-# `trap :` (not `trap ''`) so the workload still gets default signal handling, while the wrapper
-# survives SIGTERM to the group long enough to record the workload's exit status.
+# $1 = exit file, $2 = start-error file (both in the pod directory, the wrapper's working directory),
+# $3 = the container's working directory ("": the pod directory), then "src dst ro|rw" triples, then
+# "--", then argv. The wrapper uses the two files and the mount sources inside the pod directory by
+# relative path (`mount --no-canonicalize`): they stay reachable through its working directory even
+# when a volume is mounted over a parent of the pod directory (an emptyDir at /tmp, with the cluster
+# home under /tmp). `trap :` (not `trap ''`) so the workload still gets default signal handling, while
+# the wrapper survives SIGTERM to the group long enough to record the workload's exit status.
 WRAPPER = r"""
-exit_file=$1; error_file=$2; shift 2
+exit_file=${1##*/}; error_file=${2##*/}; workdir=$3; shift 3
 while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do
-  if ! mount --bind "$1" "$2" 2>"$error_file"; then
+  if ! mount --no-canonicalize --bind "$1" "$2" 2>"$error_file"; then
     echo "kubetune-dev: cannot bind-mount $1 at $2: $(cat "$error_file")" >"$error_file"
     echo 128 >"$exit_file"; exit 128
   fi
-  if [ "$3" = ro ] && ! mount -o remount,bind,ro "$2" 2>"$error_file"; then
+  if [ "$3" = ro ] && ! mount --no-canonicalize -o remount,bind,ro "$2" 2>"$error_file"; then
     echo "kubetune-dev: cannot make $2 read-only: $(cat "$error_file")" >"$error_file"
     echo 128 >"$exit_file"; exit 128
   fi
@@ -38,7 +42,7 @@ done
 shift
 rm -f "$error_file"
 trap : TERM INT HUP QUIT
-"$@"
+if [ -n "$workdir" ]; then (cd "$workdir" && exec "$@"); else "$@"; fi
 rc=$?
 echo "$rc" >"$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"
 exit "$rc"
@@ -93,15 +97,23 @@ def launch(
 ) -> subprocess.Popen[bytes]:
     for path in (exit_file, error_file, exit_file.with_name(exit_file.name + ".tmp")):
         path.unlink(missing_ok=True)
+    pod_dir = exit_file.parent
+    if error_file.parent != pod_dir:
+        raise ValueError("the exit and start-error files must share the pod directory")
     prefix: list[str] = []
     mount_args: list[str] = []
     if use_namespace:
         for mount in mounts:
             prepare_target(mount)
-            mount_args += [mount.source, mount.target, "ro" if mount.read_only else "rw"]
+            source = Path(mount.source)
+            # Inside the pod directory: relative to the wrapper's working directory (see WRAPPER).
+            relative = f"./{source.relative_to(pod_dir)}" if source.is_relative_to(pod_dir) else mount.source
+            mount_args += [relative, mount.target, "ro" if mount.read_only else "rw"]
         prefix = [shutil.which("unshare") or "unshare", "--mount", "--propagation", "private", "--"]
-    cmd = [*prefix, "/bin/sh", "-c", WRAPPER, "kubetune-pod", str(exit_file), str(error_file), *mount_args, "--"]
-    return start_in_session([*cmd, *argv], log_file=log_path, env=env, cwd=cwd)
+    workdir = "" if Path(cwd) == pod_dir else str(cwd)
+    cmd = [*prefix, "/bin/sh", "-c", WRAPPER, "kubetune-pod", str(exit_file), str(error_file), workdir, *mount_args,
+           "--"]
+    return start_in_session([*cmd, *argv], log_file=log_path, env=env, cwd=pod_dir)
 
 
 def read_exit_code(exit_file: Path) -> int | None:

@@ -28,12 +28,18 @@ class OperatorConfig:
     workers: int = 4
     # KUBETUNE_METRICS_POLL_SECONDS: how often running trials' curves are read for early stopping.
     metrics_poll_seconds: float = 2.0
+    # KUBETUNE_KEEP_FINISHED_PODS: finished trial pods kept per job once their result is recorded in the
+    # Trial; older ones are deleted so etcd stays small at any trial count (-1 keeps all).
+    keep_finished_pods: int = 1000
     # KUBETUNE_RESYNC_SECONDS: safety-net reconcile of every unfinished job, in case an event was missed.
     resync_seconds: float = 30.0
     # KUBETUNE_OPERATOR_METRICS_PORT: the operator's own /metrics (0 disables).
     metrics_port: int = 9102
     # KUBETUNE_HEALTH_PORT: liveness/readiness endpoint (0 disables).
     health_port: int = 8081
+    # KUBETUNE_LISTEN_ADDRESS: address of both endpoints; the dev cluster's node agent runs pods as host
+    # processes, so there the operator binds its pod IP (status.podIP) to keep its ports its own.
+    listen_address: str = "0.0.0.0"
     # KUBECONFIG is honoured by the client; in a pod the service-account token is used.
     kubeconfig: str | None = field(default=None)
 
@@ -45,8 +51,10 @@ class OperatorConfig:
             namespaces=namespaces,
             workers=_env_int("KUBETUNE_WORKERS", cls.workers),
             metrics_poll_seconds=_env_float("KUBETUNE_METRICS_POLL_SECONDS", cls.metrics_poll_seconds),
+            keep_finished_pods=_env_int("KUBETUNE_KEEP_FINISHED_PODS", cls.keep_finished_pods),
             resync_seconds=_env_float("KUBETUNE_RESYNC_SECONDS", cls.resync_seconds),
             metrics_port=_env_int("KUBETUNE_OPERATOR_METRICS_PORT", cls.metrics_port),
             health_port=_env_int("KUBETUNE_HEALTH_PORT", cls.health_port),
+            listen_address=os.environ.get("KUBETUNE_LISTEN_ADDRESS") or cls.listen_address,
             kubeconfig=os.environ.get("KUBECONFIG") or None,
         )

@@ -24,7 +24,7 @@ async def run_operator(
 ) -> None:
     """The operator until `stop_flag` is set (or forever); tests run it in a thread."""
     metrics = metrics or OperatorMetrics()
-    liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+    liveness = f"http://{config.listen_address}:{config.health_port}/healthz" if config.health_port else None
     await kopf.operator(
         registry=build_registry(config, metrics),
         clusterwide=not config.namespaces,
@@ -49,10 +49,12 @@ def run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # Kopf logs every handled event at INFO: thousands of lines a minute at scale
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     config = OperatorConfig.from_env()
     metrics = OperatorMetrics()
     if config.metrics_port:
-        start_http_server(config.metrics_port, registry=metrics.registry)
+        start_http_server(config.metrics_port, addr=config.listen_address, registry=metrics.registry)
     asyncio.run(run_operator(config, metrics))
     return 0
 

@@ -9,6 +9,7 @@ never recreates one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -18,11 +19,14 @@ from kubetune.api import GROUP, VERSION
 from kubetune.controller import naming
 from kubetune.handlers.config import OperatorConfig
 from kubetune.handlers.runtime import Controller
-from kubetune.k8s.client import Credentials, KubeClient
+from kubetune.k8s.client import Credentials, KubeClient, NotFound
 from kubetune.metrics.operator import OperatorMetrics
 
 FINALIZER = "kubetune.io/finalizer"
 CHILD_LABELS = {naming.LABEL_JOB: kopf.PRESENT}
+CRD_POLL_SECONDS = 1.0
+
+logger = logging.getLogger(__name__)
 
 
 def _slim_pod(body: Any) -> dict[str, Any]:
@@ -49,13 +53,30 @@ def _slim_pod(body: Any) -> dict[str, Any]:
 
 
 def _plain(body: Any) -> dict[str, Any]:
+    # managedFields are half of a Trial's bytes and nothing reads them: the index holds every Trial.
+    metadata = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
     return {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
-        "metadata": dict(body.get("metadata") or {}),
+        "metadata": metadata,
         "spec": dict(body.get("spec") or {}),
         "status": dict(body.get("status") or {}),
     }
+
+
+async def _wait_for_crds(client: KubeClient) -> None:
+    """Until the API serves tuningjobs and trials: a chart install creates the CRDs and the operator at
+    once, and kopf looks for its resources only after the startup handlers (discovery needs no RBAC)."""
+    path = f"/apis/{GROUP}/{VERSION}"
+    while True:
+        try:
+            served = {r.get("name") for r in (await client.request("GET", path)).get("resources", [])}
+        except NotFound:
+            served = set()
+        if {"tuningjobs", "trials"} <= served:
+            return
+        logger.info("waiting for the API to serve tuningjobs and trials (%s): are the kubetune CRDs installed?", path)
+        await asyncio.sleep(CRD_POLL_SECONDS)
 
 
 def build_registry(
@@ -75,7 +96,11 @@ def build_registry(
         settings.batching.batch_window = 0.01  # trial turnover waits on this window
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
+        # Kopf's watches of CRDs and namespaces need cluster-wide permissions the chart does not grant
+        # (its RBAC is exactly what the operator calls): resources are found once, after startup.
+        settings.scanning.disabled = True
         client = KubeClient(Credentials.load(config.kubeconfig))
+        await _wait_for_crds(client)
         controller = Controller(config, client, metrics)
         memo["controller"] = controller
         await controller.start()
@@ -127,11 +152,13 @@ def build_registry(
 
     @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, registry=registry)
     def pod_event(
-        namespace: str | None, name: str, labels: kopf.Labels, status: kopf.Status, type: str, memo: Any,
-        **kwargs: Any,
+        namespace: str | None, name: str, labels: kopf.Labels, status: kopf.Status, type: str, body: kopf.Body,
+        memo: Any, **kwargs: Any,
     ) -> None:
+        deleted = type == "DELETED"
         controller_of(memo, kwargs).pod_event(
-            (namespace or "", labels[naming.LABEL_JOB]), name, status.get("phase"), deleted=type == "DELETED"
+            (namespace or "", labels[naming.LABEL_JOB]), name, status.get("phase"), deleted=deleted,
+            body=_slim_pod(body) if deleted else None,
         )
 
     return registry
