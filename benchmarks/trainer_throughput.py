@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, replace
 
 import torch
+
 from kubetune_trainer.config import TrainerConfig
 from kubetune_trainer.data import prepare_data
 from kubetune_trainer.training import resolve_device, train
