@@ -21,6 +21,7 @@ from kubetune.controller.planner import (
     Observations,
     PatchTrialStatus,
     Plan,
+    PlannerSettings,
     plan,
 )
 
@@ -346,8 +347,35 @@ def test_final_trials_never_change_and_their_running_pods_are_stopped(phase: str
     assert not [a for a in result.of_type(PatchTrialStatus) if a.trial == "digits-0"]
 
 
+def test_finished_pods_beyond_the_retention_are_deleted_once_their_result_is_stored() -> None:
+    job = make_job(budget={"maxTrials": 10, "parallelism": 2})
+    trials, pods = finished_job(job, 4)
+    pods[0] = pod("digits-0", 2, "Succeeded", message=report(0.5))
+    pods[2] = pod("digits-2", 1, "Succeeded", deleting=True)  # on its way out already: not counted
+    pods.append(pod("digits-0", 1, "Failed"))  # an earlier attempt goes with its trial
+    trials.append(trial(job, 4, {"lr": 0.01, "optimizer": "sgd"}, phase="Running", attempts=1))
+    pods.append(pod("digits-4", 1, "Succeeded", message=report(0.8)))
+    result = run(job, trials, pods, settings=PlannerSettings(keep_finished_pods=2))
+    # Kept: the newest two of the stored finals; digits-4 just finished (result not stored yet) stays.
+    assert sorted(d.name for d in result.of_type(DeletePod)) == ["digits-0-1", "digits-0-2"]
+    assert next(a for a in result.of_type(PatchTrialStatus) if a.trial == "digits-4").status["objective"] == 0.8
+    assert not run(job, trials, pods, settings=PlannerSettings(keep_finished_pods=None)).of_type(DeletePod)
+
+
 def test_plans_are_deterministic() -> None:
     job = make_job()
     first = [c.trial["spec"] for c in run(job).of_type(CreateTrial)]
     second = [c.trial["spec"] for c in run(job).of_type(CreateTrial)]
     assert first == second
+
+
+def test_a_pod_deleted_after_it_succeeded_still_gives_its_result() -> None:
+    """An evicted pod whose process finished while its node was unreachable reports Succeeded, then goes:
+    its result counts, and the trial is not run again."""
+    job = make_job()
+    trials = [trial(job, 0, {"lr": 0.01, "optimizer": "sgd"}, phase="Running", attempts=1)]
+    result = run(job, trials, [pod("digits-0", 1, "Succeeded", message=report(0.87), deleting=True)])
+    patch = next(a for a in result.of_type(PatchTrialStatus) if a.trial == "digits-0")
+    assert patch.status["phase"] == "Succeeded" and patch.status["objective"] == 0.87
+    assert patch.status["attempts"] == 1
+    assert not result.of_type(CreatePod)

@@ -194,13 +194,22 @@ class DevCluster:
             time.sleep(0.02)
         raise DevClusterError(f"{name} (pid {handle.pid}) did not stop")
 
-    def start_component(self, name: str, timeout: float = 120.0) -> None:
-        """(Re)start one stopped component of a running cluster and wait until it is healthy."""
+    def start_component(self, name: str, timeout: float = 120.0, extra_args: tuple[str, ...] = ()) -> None:
+        """(Re)start one stopped component of a running cluster and wait until it is healthy.
+
+        `extra_args` are appended to its usual flags (a repeated flag's last value wins), e.g. fault
+        tests restart the controller manager with a short node-monitor grace period.
+        """
         cfg = self._require_config()
         if self._handle(name) is not None:
             return
-        self._spawn(cfg, name, COMMANDS[name](cfg))
+        self._spawn(cfg, name, [*COMMANDS[name](cfg), *extra_args])
         self._wait_ready(cfg, name, time.monotonic() + timeout)
+
+    def restart_component(self, name: str, timeout: float = 120.0, extra_args: tuple[str, ...] = ()) -> None:
+        """Kill one component and start it again, with `extra_args` if given."""
+        self.stop_component(name)
+        self.start_component(name, timeout, extra_args)
 
     def start_agent(self, timeout: float = 120.0) -> None:
         self.start_component("agent", timeout)

@@ -18,9 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubetune.api import API_VERSION, GROUP, VERSION
+from kubetune.controller import naming
 from kubetune.controller.planner import CreatePod, CreateTrial, DeletePod, Event, PatchTrialStatus, Plan
 from kubetune.controller.templates import owner_reference
-from kubetune.k8s.client import AlreadyExists, ApiError, Json, KubeClient, NotFound, resource_path
+from kubetune.k8s.client import AlreadyExists, ApiError, Conflict, Json, KubeClient, NotFound, resource_path
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class JobRef:
     namespace: str
     name: str
     uid: str
+    resource_version: str = ""  # of the job the plan was made from; "" writes its status unconditionally
 
 
 @dataclass
@@ -55,6 +57,15 @@ class ApplyResult:
     created_pods: list[str] = field(default_factory=list)
     created_trials: int = 0
     errors: list[str] = field(default_factory=list)
+    rejected_trials: list[str] = field(default_factory=list)  # their pod was refused for good: trial Failed
+
+
+def rejected_for_good(error: ApiError) -> bool:
+    """The API server refused the pod itself (invalid, or forbidden by Pod Security): retrying cannot help.
+
+    Other refusals (an exceeded quota, a terminating namespace) may pass later and are retried.
+    """
+    return error.status in (400, 422) or (error.status == 403 and "violates PodSecurity" in error.message)
 
 
 def trials_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
@@ -100,18 +111,16 @@ class PlanApplier:
         # 1. New trials and their first pods, then retries' pods.
         await asyncio.gather(*(guarded(self._create_trial(job, a, uids, result)) for a in plan.of_type(CreateTrial)))
         await asyncio.gather(*(guarded(self._create_pod(job, a.pod, result)) for a in plan.of_type(CreatePod)))
-        # 2. Trial statuses (after the pods they count exist).
-        await asyncio.gather(
-            *(guarded(self._patch_trial(job, a, old_trial_status(a.trial))) for a in plan.of_type(PatchTrialStatus))
-        )
+        # 2. Trial statuses (after the pods they count exist), except of trials just failed for a rejected pod.
+        patches = [a for a in plan.of_type(PatchTrialStatus) if a.trial not in result.rejected_trials]
+        await asyncio.gather(*(guarded(self._patch_trial(job, a, old_trial_status(a.trial))) for a in patches))
         # 3. Pods of stopped trials.
         await asyncio.gather(*(guarded(self._delete_pod(job, a)) for a in plan.of_type(DeletePod)))
         # 4. The job's status.
         if plan.status is not None:
             patch = merge_patch(old_job_status, plan.status.to_wire())
             if patch:
-                await guarded(self.client.merge_patch(tuningjobs_path(job.namespace, job.name, "status"),
-                                                      {"status": patch}))
+                await guarded(self._patch_job_status(job, patch))
         # 5. Events last: they are for people, not for correctness.
         await asyncio.gather(
             *(guarded(self._event(job, a, uids.get(a.name) or trial_uid(a.name))) for a in plan.of_type(Event))
@@ -131,17 +140,56 @@ class PlanApplier:
         uids[name] = uid
         pod = copy.deepcopy(action.pod)
         pod["metadata"]["ownerReferences"] = [owner_reference(API_VERSION, "Trial", name, uid)]
-        await self._create_pod(job, pod, result)
-        await self.client.merge_patch(
-            trials_path(job.namespace, name, "status"), {"status": {"phase": "Pending", "attempts": 1}}
-        )
+        if await self._create_pod(job, pod, result):
+            await self.client.merge_patch(
+                trials_path(job.namespace, name, "status"), {"status": {"phase": "Pending", "attempts": 1}}
+            )
 
-    async def _create_pod(self, job: JobRef, pod: Json, result: ApplyResult) -> None:
+    async def _create_pod(self, job: JobRef, pod: Json, result: ApplyResult) -> bool:
+        """Create a trial's pod; False when the API server refused it for good and the trial was failed instead."""
         try:
             await self.client.create(pods_path(job.namespace), pod)
         except AlreadyExists:
             pass
+        except ApiError as error:
+            if not rejected_for_good(error):
+                raise
+            await self._reject_trial(job, pod, error, result)
+            return False
         result.created_pods.append(pod["metadata"]["name"])
+        return True
+
+    async def _reject_trial(self, job: JobRef, pod: Json, error: ApiError, result: ApplyResult) -> None:
+        """Fail the trial with the API server's own words (a template the cluster refuses is not retried)."""
+        labels = pod["metadata"].get("labels") or {}
+        trial = labels[naming.LABEL_TRIAL]
+        logger.warning("%s/%s: pod of trial %s rejected: %s", job.namespace, job.name, trial, error)
+        status = {
+            "phase": "Failed",
+            "reason": "PodRejected",
+            "message": f"the API server rejected pod {pod['metadata']['name']}: {error}"[:2048],
+            "attempts": int(labels.get(naming.LABEL_ATTEMPT, 1)),
+            "completionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        result.rejected_trials.append(trial)
+        try:
+            await self.client.merge_patch(trials_path(job.namespace, trial, "status"), {"status": status})
+        except NotFound:
+            pass  # deleted meanwhile
+
+    async def _patch_job_status(self, job: JobRef, patch: Json) -> None:
+        """Only onto the status the plan was made from: a list in the patch (conditions) replaces the
+        stored one whole, and would drop what another writer added since. A 409 means our cache is
+        behind; the watch event that brings the newer job also brings a new reconcile."""
+        body: Json = {"status": patch}
+        if job.resource_version:
+            body["metadata"] = {"resourceVersion": job.resource_version}
+        try:
+            await self.client.merge_patch(tuningjobs_path(job.namespace, job.name, "status"), body)
+        except Conflict:
+            logger.debug("%s/%s: status changed meanwhile; the next reconcile writes it", job.namespace, job.name)
+        except NotFound:
+            pass  # the job was deleted meanwhile; its watch event ends the reconciles
 
     async def _patch_trial(self, job: JobRef, action: PatchTrialStatus, old: Json) -> None:
         patch = merge_patch(old, action.status)

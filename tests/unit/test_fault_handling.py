@@ -1,0 +1,63 @@
+"""What the fault suite (tests/e2e/test_faults.py) relies on, at unit level: finished pods deleted
+before a reconcile read them, and job status writes that never drop another writer's update."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from kubetune.api import TuningJobStatus
+from kubetune.controller.planner import Plan
+from kubetune.handlers.config import OperatorConfig
+from kubetune.handlers.runtime import Controller
+from kubetune.k8s.apply import JobRef, PlanApplier
+from kubetune.k8s.client import Conflict, Credentials, KubeClient
+
+KEY = ("ml", "digits")
+
+
+def slim_pod(name: str, phase: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"kubetune.io/job": "digits", "kubetune.io/trial": "digits-0"}},
+            "status": {"phase": phase, "containerStatuses": []}}
+
+
+def test_finished_pods_deleted_before_a_reconcile_stand_in_until_seen_again() -> None:
+    controller = Controller(OperatorConfig(), KubeClient(Credentials("https://127.0.0.1:1", None, None, None, True,
+                                                                     None, None)))
+    succeeded = slim_pod("digits-0-1", "Succeeded")
+    controller.pod_event(KEY, "digits-0-1", "Succeeded", deleted=True, body=succeeded)
+    # Deleted while running: no result to keep; the planner takes the attempt for lost.
+    controller.pod_event(KEY, "digits-1-1", "Running", deleted=True, body=slim_pod("digits-1-1", "Running"))
+    assert controller._deleted_pods(KEY, set()) == [succeeded]
+    assert controller._deleted_pods(("ml", "other"), set()) == []
+    # The watch shows the pod again (same name): the live object wins, the copy is dropped.
+    assert controller._deleted_pods(KEY, {"digits-0-1"}) == []
+    assert controller._deleted_pods(KEY, set()) == []
+
+
+class StatusClient:
+    """Records merge patches; answers 409 like an API server whose object moved on."""
+
+    def __init__(self, conflict: bool) -> None:
+        self.conflict = conflict
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+
+    async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.patches.append((path, body))
+        if self.conflict:
+            raise Conflict(409, "Conflict", "the object has been modified; please apply your changes to the latest")
+        return {}
+
+
+def test_job_status_is_written_only_onto_the_version_it_was_planned_from() -> None:
+    status = TuningJobStatus.model_validate({"phase": "Running", "progress": "1/4"})
+    for conflict in (False, True):
+        client = StatusClient(conflict)
+        applier = PlanApplier(client)  # type: ignore[arg-type]
+        job = JobRef(namespace="ml", name="digits", uid="job-uid", resource_version="42")
+        result = asyncio.run(applier.apply(job, Plan(status=status), lambda _: {}, lambda _: None, {}))
+        [(path, body)] = client.patches
+        assert path.endswith("/tuningjobs/digits/status")
+        assert body["metadata"] == {"resourceVersion": "42"} and body["status"]["progress"] == "1/4"
+        # A 409 is no failure: the newer job's watch event brings the next reconcile.
+        assert result.errors == []
