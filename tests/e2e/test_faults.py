@@ -58,9 +58,8 @@ WORKLOAD = textwrap.dedent(
     """
 )
 FINAL_PHASES = ("Succeeded", "Failed")
-# Every dev cluster on a host hands out the same pod addresses (127.10.x.y); a metrics port of their
-# own keeps these trials' exporters clear of trial pods of a cluster another session runs meanwhile.
-METRICS_PORT = random.Random().randrange(20000, 30000)
+# Not the default 8000: the trials and the operator must both follow trialTemplate.metricsPort.
+METRICS_PORT = 18500
 OPERATOR_STARTED = "Activity 'build_registry.<locals>.startup' succeeded"
 JOB_TIMEOUT = 420.0
 # The controller manager's defaults take ~50 s to call a silent node NotReady; the node test

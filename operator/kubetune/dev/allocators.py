@@ -18,6 +18,7 @@ class IpAllocator:
     """Lowest free address of POD_NETWORK; an owner keeps its address until it releases it."""
 
     def __init__(self, network: ipaddress.IPv4Network = POD_NETWORK) -> None:
+        self.network = network
         self._base = int(network.network_address)
         self._size = (network.num_addresses // 256) * _HOSTS_PER_BLOCK
         self._by_owner: dict[str, str] = {}
@@ -38,7 +39,7 @@ class IpAllocator:
         for index in range(self._size):
             if index not in self._used:
                 return self.reserve(owner, self._address(index))
-        raise AllocationError("pod network 127.10.0.0/16 exhausted")
+        raise AllocationError(f"pod network {self.network} exhausted")
 
     def reserve(self, owner: str, address: str) -> str:
         """Record an address chosen earlier (agent restart); the owner keeps it."""

@@ -248,6 +248,7 @@ class DevCluster:
             gpus=self.gpus,
             agent_args=self.agent_args,
             owner=self._owner(),
+            pod_network=preflight.free_pod_network(),
         )
 
     def _owner(self) -> str:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune.dev.allocators import POD_NETWORK
 from kubetune.dev.layout import Layout
 
 SERVICE_CIDR = "10.0.0.0/24"
@@ -40,6 +41,8 @@ class ClusterConfig:
     node_name: str = DEFAULT_NODE_NAME
     gpus: int = DEFAULT_GPUS
     agent_args: tuple[str, ...] = field(default_factory=tuple)
+    # Each cluster on a host gets its own loopback /16, so pods of two clusters never share IP:port.
+    pod_network: str = str(POD_NETWORK)
     # "pid:starttime" of a process whose death tears the cluster down (a test session); "" = none.
     owner: str = ""
 
@@ -79,6 +82,7 @@ class ClusterConfig:
             gpus=int(data["gpus"]),
             agent_args=tuple(data.get("agent_args", ())),
             owner=str(data.get("owner", "")),
+            pod_network=str(data.get("pod_network", POD_NETWORK)),
         )
 
 
@@ -210,6 +214,7 @@ def agent_command(cfg: ClusterConfig) -> list[str]:
         f"--kubeconfig={cfg.layout.kubeconfig}",
         f"--node-name={cfg.node_name}",
         f"--gpus={cfg.gpus}",
+        f"--pod-network={cfg.pod_network}",
         f"--state-dir={cfg.layout.agent_dir}",
         f"--pods-dir={cfg.layout.pods_dir}",
         f"--listen-port={cfg.ports.agent}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 from collections.abc import Mapping
@@ -110,6 +111,27 @@ def check_ports(requested: Mapping[str, int]) -> list[Problem]:
             )
         )
     return problems
+
+
+def bound_loopback_octets() -> set[int]:
+    """N of every 127.N.x.y address a TCP or UDP socket on this host is bound to."""
+    octets: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/udp"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                address = int(line.split()[1].split(":")[0], 16)  # little-endian IPv4
+                if address & 0xFF == 127:
+                    octets.add((address >> 8) & 0xFF)
+    return octets
+
+
+def free_pod_network(rng: random.Random | None = None, busy: set[int] | None = None) -> str:
+    """A loopback /16 (127.N.0.0/16, N in 10..250) in which nothing is bound yet: each dev cluster on
+    a host takes its own, so trial pods of two clusters never collide on IP:port. Random among the
+    free ones, so two clusters starting at the same moment rarely pick the same."""
+    busy = bound_loopback_octets() if busy is None else busy
+    candidates = [octet for octet in range(10, 251) if octet not in busy]
+    return f"127.{(rng or random.Random()).choice(candidates)}.0.0/16"
 
 
 def free_ports(count: int, *, exclude: set[int] | None = None) -> list[int]:

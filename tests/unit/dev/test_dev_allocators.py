@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+import random
+import socket
+
 import pytest
 
 from kubetune.dev.allocators import AllocationError, GpuAllocator, IpAllocator
+from kubetune.dev.preflight import bound_loopback_octets, free_pod_network
 
 
 def test_ips_are_unique_stable_and_reused() -> None:
@@ -45,3 +50,22 @@ def test_gpu_reservations_on_restart() -> None:
     gpus = GpuAllocator(2)
     gpus.reserve("a", [1])
     assert gpus.allocate("b", 1) == [0]
+
+
+def test_each_cluster_takes_a_pod_network_where_nothing_listens() -> None:
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    taken.bind(("127.77.0.1", 0))
+    taken.listen()
+    try:
+        busy = bound_loopback_octets()
+        assert free_pod_network() != "127.77.0.0/16"
+    finally:
+        taken.close()
+    assert 77 in busy
+    rng = random.Random(7)
+    networks = {free_pod_network(rng, busy) for _ in range(300)}
+    assert "127.77.0.0/16" not in networks
+    assert len(networks) > 100  # spread out, so clusters starting together rarely meet
+    for network in networks:
+        parsed = ipaddress.IPv4Network(network)
+        assert parsed.prefixlen == 16 and parsed.is_loopback and parsed != ipaddress.IPv4Network("127.0.0.0/16")
