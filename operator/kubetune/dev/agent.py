@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.server
+import ipaddress
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ from kubetune.dev.agentstate import (
     rfc3339,
     save_record,
 )
-from kubetune.dev.allocators import AllocationError, GpuAllocator, IpAllocator
+from kubetune.dev.allocators import POD_NETWORK, AllocationError, GpuAllocator, IpAllocator
 from kubetune.dev.kubeapi import JSON, ApiError, KubeApi
 from kubetune.dev.layout import MARKER_ENV
 from kubetune.dev.procs import ProcessHandle, boot_id, signal_group
@@ -63,6 +64,10 @@ BACKOFF_BASE_SECONDS = 10.0  # the kubelet's crash-loop back-off: 10s doubling u
 BACKOFF_MAX_SECONDS = 300.0
 DEFAULT_GRACE_SECONDS = 30
 POLL_SECONDS = 0.5
+# Fast mode for control-plane benchmarks: a pod with this annotation runs no process; each container
+# ends at once with the annotation's exit code and, as termination message, its env var below.
+SIMULATE_ANNOTATION = "dev.kubetune.io/simulate-exit-code"
+SIMULATED_MESSAGE_ENV = "KUBETUNE_DEV_TERMINATION_MESSAGE"
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class AgentOptions:
     lease_duration_seconds: int = 40
     renew_interval_seconds: float = 10.0
     node_status_interval_seconds: float = 60.0
+    pod_network: str = str(POD_NETWORK)
 
 
 def micro_time(epoch: float | None = None) -> str:
@@ -103,7 +109,7 @@ class Agent:
         self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.records: dict[str, PodRecord] = {}
         self.pods: dict[str, JSON] = {}
-        self.ips = IpAllocator()
+        self.ips = IpAllocator(ipaddress.IPv4Network(opts.pod_network))
         self.gpus = GpuAllocator(opts.gpus)
         self.children: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         self.last_patch: dict[str, str] = {}
@@ -500,6 +506,12 @@ class Agent:
                 device_env=podspec.gpu_env(c.gpus),
             )
             argv = podspec.build_argv(spec, env)
+            simulated = (pod["metadata"].get("annotations") or {}).get(SIMULATE_ANNOTATION)
+            if simulated is not None:
+                c.set_terminated(int(simulated), "Completed" if int(simulated) == 0 else "Error",
+                                 env.get(SIMULATED_MESSAGE_ENV, ""))
+                self.save(rec)
+                return
         except podspec.ContainerConfigError as exc:
             c.state, c.wait_reason, c.wait_message = "waiting", "CreateContainerConfigError", str(exc)
             c.next_start = time.time() + CONFIG_RETRY_SECONDS
@@ -1025,6 +1037,7 @@ def parse_args(argv: list[str] | None = None) -> AgentOptions:
     parser.add_argument("--client-ca-file", type=Path)
     parser.add_argument("--owner", default="", help="pid:starttime; tear the cluster down when it exits")
     parser.add_argument("--cluster-home", type=Path, help="the cluster to tear down (with --owner)")
+    parser.add_argument("--pod-network", default=str(POD_NETWORK), help="loopback /16 of pod IPs")
     args = parser.parse_args(argv)
     return AgentOptions(
         kubeconfig=args.kubeconfig,
@@ -1042,6 +1055,7 @@ def parse_args(argv: list[str] | None = None) -> AgentOptions:
         client_ca_file=args.client_ca_file,
         owner=args.owner,
         cluster_home=args.cluster_home,
+        pod_network=args.pod_network,
     )
 
 
