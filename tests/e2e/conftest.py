@@ -6,7 +6,7 @@
   if needed) and left running.
 - `dev_cluster_ctl` (session): the `DevCluster` behind it, to kill or restart components.
 - `kube` (session): typed API clients for the admin kubeconfig.
-- `namespace`: a fresh namespace per test, deleted (and waited for) afterwards.
+- `namespace`: a fresh namespace per test enforcing Pod Security `restricted`, deleted (and waited for) afterwards.
 - `prometheus_url`: the dev Prometheus.
 """
 
@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from kubernetes import client
 from kubernetes.client.rest import ApiException
+from kubetune_harness import create_namespace
 
 from kubetune.dev.cluster import ClusterInfo, DevCluster, DevClusterError
 from kubetune.dev.testing import Kube
@@ -64,11 +64,11 @@ def prometheus_url(dev_cluster: ClusterInfo) -> str:
 
 @pytest.fixture
 def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace named after the test; deleted afterwards, waiting until it is gone so
-    pods (and the GPUs they hold) never leak into the next test."""
+    """A fresh namespace named after the test, enforcing Pod Security `restricted` like the examples';
+    deleted afterwards, waiting until it is gone so pods (and the GPUs they hold) never leak into the next test."""
     slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{slug}-{uuid.uuid4().hex[:5]}"
-    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    create_namespace(kube.core, name)
     # Pods are rejected until the ServiceAccount controller created `default`.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from kubetune.dev.testing import poll
 
@@ -22,12 +23,57 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 GROUP, VERSION = "kubetune.io", "v1alpha1"
 
+# Every test namespace enforces Pod Security Admission `restricted`, with the labels of the examples' namespace.
+POD_SECURITY_LABELS: dict[str, str] = {
+    key: value
+    for key, value in yaml.safe_load((EXAMPLES / "namespace.yaml").read_text())["metadata"]["labels"].items()
+    if key.startswith("pod-security.kubernetes.io/")
+}
+
 T = TypeVar("T")
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 300.0, interval: float = 0.5) -> T:
     """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
     return poll(what, probe, timeout=timeout, interval=interval)
+
+
+def create_namespace(core: client.CoreV1Api, name: str) -> str:
+    """A namespace enforcing the `restricted` Pod Security Standard."""
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=POD_SECURITY_LABELS)))
+    return name
+
+
+def restricted_pod_context() -> client.V1PodSecurityContext:
+    """Pod-level settings the `restricted` profile requires (for pods tests build by hand)."""
+    return client.V1PodSecurityContext(
+        run_as_non_root=True, seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault")
+    )
+
+
+def restricted_container_context() -> client.V1SecurityContext:
+    return client.V1SecurityContext(allow_privilege_escalation=False, capabilities=client.V1Capabilities(drop=["ALL"]))
+
+
+def install_crds(api_client: client.ApiClient) -> None:
+    """Create or replace the generated CRDs in crds/ and wait until they are served."""
+    extensions = client.ApiextensionsV1Api(api_client)
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        manifest = yaml.safe_load(path.read_text())
+        try:
+            extensions.create_custom_resource_definition(manifest)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            current = extensions.read_custom_resource_definition(manifest["metadata"]["name"])
+            manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
+            extensions.replace_custom_resource_definition(manifest["metadata"]["name"], manifest)
+
+        def established(name: str = manifest["metadata"]["name"]) -> bool:
+            crd = extensions.read_custom_resource_definition(name)
+            return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+        wait_for(f"CRD {path.name} established", established, timeout=60)
 
 
 class OperatorProcess:

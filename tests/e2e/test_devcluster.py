@@ -22,6 +22,7 @@ from typing import Any
 import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from kubetune_harness import restricted_container_context, restricted_pod_context
 
 from kubetune.dev import procs
 from kubetune.dev.cluster import ClusterInfo, DevCluster
@@ -59,11 +60,13 @@ def python_pod(
         env=variables,
         ports=ports,
         resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": str(gpus)}) if gpus else None,
+        security_context=restricted_container_context(),
     )
     return client.V1Pod(
         metadata=client.V1ObjectMeta(name=name, labels=labels, annotations=annotations),
         spec=client.V1PodSpec(
-            containers=[container], restart_policy=restart_policy, termination_grace_period_seconds=grace, **spec
+            containers=[container], restart_policy=restart_policy, termination_grace_period_seconds=grace,
+            security_context=restricted_pod_context(), **spec
         ),
     )
 
@@ -220,11 +223,15 @@ def test_job_completes_through_the_job_controller_and_gc_removes_its_pod(
             )
         ],
     )
+    container.security_context = restricted_container_context()
     job = client.V1Job(
         metadata=client.V1ObjectMeta(name="pi"),
         spec=client.V1JobSpec(
             backoff_limit=0,
-            template=client.V1PodTemplateSpec(spec=client.V1PodSpec(restart_policy="Never", containers=[container])),
+            template=client.V1PodTemplateSpec(
+                spec=client.V1PodSpec(restart_policy="Never", containers=[container],
+                                      security_context=restricted_pod_context())
+            ),
         ),
     )
     kube.batch.create_namespaced_job(namespace, job)
@@ -475,7 +482,10 @@ def test_missing_command_fails_the_pod_with_a_clear_reason(kube: Kube, namespace
         pod = client.V1Pod(
             metadata=client.V1ObjectMeta(name=name),
             spec=client.V1PodSpec(
-                restart_policy="Never", containers=[client.V1Container(name="main", image="busybox", command=[command])]
+                restart_policy="Never",
+                containers=[client.V1Container(name="main", image="busybox", command=[command],
+                                               security_context=restricted_container_context())],
+                security_context=restricted_pod_context(),
             ),
         )
         kube.core.create_namespaced_pod(namespace, pod)

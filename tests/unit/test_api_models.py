@@ -124,6 +124,7 @@ def test_every_example_is_a_valid_tuningjob() -> None:
     from kubetune.api import TuningJob
 
     examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+    examples = [p for p in examples if p.name != "namespace.yaml"]  # the restricted namespace they run in
     assert examples, "examples/ is empty"
     for path in examples:
         job = TuningJob.model_validate(yaml.safe_load(path.read_text()))

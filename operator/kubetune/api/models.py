@@ -31,6 +31,9 @@ PARAMETER_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 METRIC_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
 MAX_PARAMETERS = 64
 MAX_VALUES = 256
+# int bounds are stored as JSON numbers (doubles): beyond 2^53 they are not exact, and the search
+# engine's integer arithmetic on them stops being cheap (found by tests/e2e/test_fuzz_specs.py).
+MAX_INT_BOUND = 2**53
 
 ParameterValue = float | int | str
 ParameterAssignment = dict[str, ParameterValue]
@@ -142,9 +145,21 @@ _PARAMETER_RULES = rules(
         "categorical and discrete parameters take no min, max, step or log",
     ),
     (
-        "self.type != 'int' || ((!has(self.min) || double(int(self.min)) == self.min)"
-        " && (!has(self.max) || double(int(self.max)) == self.max)"
-        " && (!has(self.step) || double(int(self.step)) == self.step))",
+        # A range wider than the largest double overflows every sampler.
+        "!(has(self.min) && has(self.max)) || self.max - self.min <= 1.7976931348623157e308",
+        "max - min must be a finite number",
+    ),
+    (
+        f"self.type != 'int' || ((!has(self.min) || (self.min >= -{MAX_INT_BOUND}.0 && self.min <= {MAX_INT_BOUND}.0))"
+        f" && (!has(self.max) || (self.max >= -{MAX_INT_BOUND}.0 && self.max <= {MAX_INT_BOUND}.0)))",
+        f"int parameters need min and max within +-{MAX_INT_BOUND} (2^53)",
+    ),
+    (
+        # Out-of-range values fail the rule above; `||` keeps int() from erroring on them here.
+        "self.type != 'int' || ((!has(self.min) || !(self.min >= -9.2e18 && self.min <= 9.2e18)"
+        " || double(int(self.min)) == self.min)"
+        " && (!has(self.max) || !(self.max >= -9.2e18 && self.max <= 9.2e18) || double(int(self.max)) == self.max)"
+        " && (!has(self.step) || !(self.step <= 9.2e18) || double(int(self.step)) == self.step))",
         "int parameters need whole-number min, max and step",
     ),
 )
@@ -191,6 +206,10 @@ class Parameter(KubeModel):
                 raise ValueError(f"{where}: min and max must be finite")
             if self.min >= self.max:
                 raise ValueError(f"{where}: min ({self.min}) must be less than max ({self.max})")
+            if not math.isfinite(self.max - self.min):
+                raise ValueError(f"{where}: max - min must be a finite number")
+            if self.type == ParameterType.INT and max(abs(self.min), abs(self.max)) > MAX_INT_BOUND:
+                raise ValueError(f"{where}: int parameters need min and max within +-{MAX_INT_BOUND} (2^53)")
             if self.log and self.min <= 0:
                 raise ValueError(f"{where}: log scale needs min > 0, got {self.min}")
             if self.log and self.step is not None:
@@ -378,20 +397,60 @@ class Budget(KubeModel):
         return self
 
 
+# The pod template is core/v1 and checked by the API server when a pod is made. The fields the
+# operator itself reads or rewrites are typed here (camelCase, as on the wire), so a wrong type is
+# refused at admission, naming the field, instead of crashing a reconcile.
+
+
+class EnvVarTemplate(BaseModel):
+    """A core/v1 EnvVar; `value` may hold ${params.<name>}."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="Variable name.")
+    value: str | None = Field(default=None, description="Value (${params.<name>} is substituted).")
+
+
 class ContainerTemplate(BaseModel):
-    """A core/v1 Container: name checked here, every other field by the API server when the pod is made."""
+    """A core/v1 Container: what kubetune reads is checked here, the rest by the API server."""
 
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(max_length=63, description="Container name.")
+    command: list[str] | None = Field(default=None, description="Entrypoint (${params.<name>} is substituted).")
+    args: list[str] | None = Field(default=None, description="Arguments (${params.<name>} is substituted).")
+    env: list[EnvVarTemplate] | None = Field(default=None, description="Environment variables.")
+    ports: list[dict[str, Any]] | None = Field(default=None, description="Ports (kubetune adds `metrics`).")
+    securityContext: dict[str, Any] | None = Field(  # the core/v1 spelling
+        default=None, description="Merged over kubetune's restricted-profile defaults."
+    )
+    terminationMessagePath: str | None = Field(default=None, description="Where the trial's final JSON goes.")
 
 
 class PodSpecTemplate(BaseModel):
-    """A core/v1 PodSpec; only containers is checked here."""
+    """A core/v1 PodSpec; what kubetune reads is checked here, the rest by the API server."""
 
     model_config = ConfigDict(extra="allow")
 
     containers: list[ContainerTemplate] = Field(min_length=1, max_length=32, description="Pod containers.")
+    initContainers: list[dict[str, Any]] | None = Field(  # the core/v1 spelling
+        default=None, max_length=32, description="Init containers (get the restricted-profile defaults too)."
+    )
+    securityContext: dict[str, Any] | None = Field(
+        default=None, description="Merged over kubetune's restricted-profile defaults."
+    )
+    automountServiceAccountToken: bool | None = Field(
+        default=None, description="Default false: trials get no API token unless asked for."
+    )
+
+
+class PodMetadataTemplate(BaseModel):
+    """Labels and annotations for trial pods (kubetune adds its own)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
 
 
 class PodTemplate(BaseModel):
@@ -399,7 +458,7 @@ class PodTemplate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metadata: dict[str, Any] | None = Field(default=None, description="Labels and annotations for trial pods.")
+    metadata: PodMetadataTemplate | None = Field(default=None, description="Labels and annotations for trial pods.")
     spec: PodSpecTemplate
 
 

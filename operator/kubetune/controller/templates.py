@@ -13,7 +13,9 @@ from kubetune.controller import naming
 _PLACEHOLDER = re.compile(r"\$\{params\.([a-z][a-z0-9_]*)\}")
 
 # Pod fields a trial pod gets unless the template says otherwise: no API
-# token (trials never need the API server) and the restricted profile.
+# token (trials never need the API server) and the Pod Security Standards'
+# `restricted` profile, merged key by key into a template's own securityContext
+# so that setting e.g. runAsUser does not silently drop the rest.
 _POD_SECURITY_DEFAULTS: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 _CONTAINER_SECURITY_DEFAULTS: dict[str, Any] = {
     "allowPrivilegeEscalation": False,
@@ -121,13 +123,14 @@ def build_trial_pod(
     # Trials are retried by the operator (as new attempts), never in place.
     pod_spec["restartPolicy"] = "Never"
     pod_spec.setdefault("automountServiceAccountToken", False)
-    pod_spec.setdefault("securityContext", copy.deepcopy(_POD_SECURITY_DEFAULTS))
+    pod_spec["securityContext"] = _with_defaults(pod_spec.get("securityContext"), _POD_SECURITY_DEFAULTS)
     if template.active_deadline_seconds is not None:
         pod_spec["activeDeadlineSeconds"] = template.active_deadline_seconds
 
+    for container in [*(pod_spec.get("initContainers") or []), *pod_spec["containers"]]:
+        container["securityContext"] = _with_defaults(container.get("securityContext"), _CONTAINER_SECURITY_DEFAULTS)
     for container in pod_spec["containers"]:
         _substitute_container(container, parameters)
-        container.setdefault("securityContext", copy.deepcopy(_CONTAINER_SECURITY_DEFAULTS))
         if container["name"] == template.primary_container_name:
             _inject_primary(container, job, trial, parameters)
 
@@ -145,6 +148,15 @@ def build_trial_pod(
     if trial_uid is not None:
         pod["metadata"]["ownerReferences"] = [owner_reference(API_VERSION, "Trial", trial, trial_uid)]
     return pod
+
+
+def _with_defaults(own: Any, defaults: dict[str, Any]) -> Any:
+    """`defaults` under the template's own securityContext: every key the template sets wins."""
+    if own is None:
+        return copy.deepcopy(defaults)
+    if not isinstance(own, dict):
+        return own  # not an object: the API server rejects the pod and says why
+    return {**copy.deepcopy(defaults), **own}
 
 
 def _substitute_container(container: dict[str, Any], parameters: ParameterAssignment) -> None:
