@@ -30,7 +30,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
-from kubetune_harness import REPO, Cluster, wait_for
+from kubetune_harness import REPO, Cluster, create_namespace, install_crds, wait_for
 
 from kubetune.dashboard import alert_rules, dashboard_query_list
 from kubetune.dev.cluster import ClusterInfo
@@ -220,10 +220,9 @@ def operator_log(core: client.CoreV1Api, namespace: str, release: str) -> str:
     return str(core.read_namespaced_pod_log(pod.metadata.name, namespace, container="operator"))
 
 
-def create_namespace(core: client.CoreV1Api, prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:5]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    return name
+def restricted_namespace(core: client.CoreV1Api, prefix: str) -> str:
+    """A fresh namespace enforcing Pod Security `restricted`, like every test namespace."""
+    return create_namespace(core, f"{prefix}-{uuid.uuid4().hex[:5]}")
 
 
 # --------------------------------------------------------------------------- the install
@@ -254,8 +253,9 @@ def helm(dev_cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> 
 def install(helm: Helm, api: client.ApiClient) -> Iterator[Install]:
     """`helm install` (cluster-wide, CRDs from the chart), then one TuningJob run to its end."""
     core = client.CoreV1Api(api)
+    create_namespace(core, RELEASE_NAMESPACE)  # the operator and the helm test pod pass `restricted` too
     helm.install(RELEASE, RELEASE_NAMESPACE, "--wait", "--timeout", "5m")
-    namespace = create_namespace(core, "chart")
+    namespace = restricted_namespace(core, "chart")
     cluster = Cluster(api, namespace)
     started = time.time()
     cluster.create_job(job_manifest(JOB))
@@ -445,10 +445,9 @@ def rbac_runs(helm: Helm, api: client.ApiClient, tmp_path_factory: pytest.TempPa
     """One release per rule of the chart's RBAC, installed with that rule removed, plus a control release
     with every rule, all at once: each watches only its own namespace (a Role there), runs the same job,
     and has as long as the control needs to complete it, and half as long again."""
-    from test_operator import install_crds  # the kept CRDs, or fresh ones when run alone
-
-    install_crds(api)
+    install_crds(api)  # the kept CRDs, or fresh ones when run alone
     core = client.CoreV1Api(api)
+    create_namespace(core, RBAC_NAMESPACE)
     # A cluster-wide operator of the main release would reconcile these jobs too.
     helm("uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--ignore-not-found", "--wait")
     wait_for("no operator of the main release", lambda: operator_pod(core, RELEASE_NAMESPACE, RELEASE) is None,
@@ -460,7 +459,7 @@ def rbac_runs(helm: Helm, api: client.ApiClient, tmp_path_factory: pytest.TempPa
     try:
         for case, index in cases:
             release = f"rbac-{case}"
-            namespace = create_namespace(core, f"rbac-{case}")
+            namespace = restricted_namespace(core, f"rbac-{case}")
             extra = [] if index is None else [
                 "--post-renderer", sys.executable, "--post-renderer-args", str(drop_script),
                 "--post-renderer-args", str(index),
