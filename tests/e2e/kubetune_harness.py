@@ -182,6 +182,13 @@ class Cluster:
         return wait_for(f"TuningJob {name} to finish", finished, timeout=timeout, interval=1.0)
 
 
+def script_trial_template(script: str, pod: dict[str, Any] | None = None, **container: Any) -> dict[str, Any]:
+    """A trialTemplate whose one container runs `python -c script` (the dev agent ignores the image);
+    `container` adds fields to that container, `pod` to the pod spec."""
+    main = {"name": "trial", "image": "python:3.11-slim", "command": ["python", "-c", script], **container}
+    return {"template": {"spec": {**(pod or {}), "containers": [main]}}}
+
+
 def condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return next((c for c in (job.get("status") or {}).get("conditions", []) if c["type"] == type_), None)
 

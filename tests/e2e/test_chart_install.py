@@ -30,7 +30,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
-from kubetune_harness import REPO, Cluster, create_namespace, install_crds, wait_for
+from kubetune_harness import REPO, Cluster, create_namespace, install_crds, script_trial_template, wait_for
 
 from kubetune.dashboard import alert_rules, dashboard_query_list
 from kubetune.dev.cluster import ClusterInfo
@@ -147,18 +147,7 @@ def job_manifest(name: str) -> dict[str, Any]:
             "budget": {"maxTrials": TRIALS, "parallelism": 2, "maxFailedTrials": 0},
             "trialTemplate": {
                 "metricsPort": TRIAL_METRICS_PORT,
-                "template": {
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "trial",
-                                "image": "python:3.11-slim",
-                                "command": ["python", "-c", TRIAL_SCRIPT],
-                                "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
-                            }
-                        ]
-                    }
-                }
+                **script_trial_template(TRIAL_SCRIPT, resources={"requests": {"cpu": "10m", "memory": "64Mi"}}),
             },
         },
     }
@@ -220,6 +209,17 @@ def operator_log(core: client.CoreV1Api, namespace: str, release: str) -> str:
     return str(core.read_namespaced_pod_log(pod.metadata.name, namespace, container="operator"))
 
 
+def adopt_crds(api: client.ApiClient, release: str, namespace: str) -> None:
+    """CRDs an earlier test module applied with the client are handed to the release, as the chart README
+    tells users who applied `crds/` with kubectl before installing."""
+    extensions = client.ApiextensionsV1Api(api)
+    ownership = {"metadata": {"labels": {"app.kubernetes.io/managed-by": "Helm"}, "annotations": {
+        "meta.helm.sh/release-name": release, "meta.helm.sh/release-namespace": namespace}}}
+    for crd in extensions.list_custom_resource_definition().items:
+        if crd.spec.group == "kubetune.io":
+            extensions.patch_custom_resource_definition(crd.metadata.name, ownership)
+
+
 def restricted_namespace(core: client.CoreV1Api, prefix: str) -> str:
     """A fresh namespace enforcing Pod Security `restricted`, like every test namespace."""
     return create_namespace(core, f"{prefix}-{uuid.uuid4().hex[:5]}")
@@ -254,6 +254,7 @@ def install(helm: Helm, api: client.ApiClient) -> Iterator[Install]:
     """`helm install` (cluster-wide, CRDs from the chart), then one TuningJob run to its end."""
     core = client.CoreV1Api(api)
     create_namespace(core, RELEASE_NAMESPACE)  # the operator and the helm test pod pass `restricted` too
+    adopt_crds(api, RELEASE, RELEASE_NAMESPACE)
     helm.install(RELEASE, RELEASE_NAMESPACE, "--wait", "--timeout", "5m")
     namespace = restricted_namespace(core, "chart")
     cluster = Cluster(api, namespace)
@@ -379,8 +380,10 @@ def test_every_dashboard_and_alert_query_returns_data(install: Install, dev_clus
             for source, kind, expr in queries
         }
         wrong = {k: v for k, v in report.items() if (v == "data") == (k.split(":")[0] in EMPTY_BY_DESIGN)}
+        log = operator_log(install.cluster.core, RELEASE_NAMESPACE, RELEASE)
         raise AssertionError(f"unexpected results (empty by design: {sorted(EMPTY_BY_DESIGN)}):\n"
-                             + "\n".join(f"{v}  {k}" for k, v in wrong.items())) from None
+                             + "\n".join(f"{v}  {k}" for k, v in wrong.items())
+                             + f"\noperator log:\n{log[-6000:]}") from None
     # Absent alert inputs stay absent, as their reasons say.
     for selector in ABSENT_INPUTS:
         assert not has_data(url, "instant", f"last_over_time({selector}[{window}])", start, time.time()), selector

@@ -31,7 +31,16 @@ import pytest
 import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from kubetune_harness import GROUP, VERSION, Cluster, OperatorProcess, condition, install_crds, wait_for
+from kubetune_harness import (
+    GROUP,
+    VERSION,
+    Cluster,
+    OperatorProcess,
+    condition,
+    install_crds,
+    script_trial_template,
+    wait_for,
+)
 
 from kubetune.dev.cluster import ClusterInfo, DevCluster
 from kubetune.dev.testing import Kube
@@ -105,21 +114,16 @@ class Faulty:
     def job(self, name: str, *, max_trials: int, parallelism: int, steps: int = 3, step_seconds: float = 1.0,
             retries: int = 0, tolerations: list[dict[str, Any]] | None = None, **spec: Any) -> str:
         """Create a TuningJob running WORKLOAD; returns its name."""
-        container = {
-            "name": "trial",
-            "image": "python:3.11-slim",
-            "command": ["python", "-c", WORKLOAD],
-            "env": [
-                {"name": "LEDGER", "value": str(self.ledger.path)},
-                {"name": "STEPS", "value": str(steps)},
-                {"name": "STEP_SECONDS", "value": str(step_seconds)},
-                # Prometheus scrapes every second; never wait long for it (it may be the fault).
-                {"name": "KUBETUNE_FINAL_SCRAPE_TIMEOUT_SECONDS", "value": "2"},
-            ],
-        }
-        pod_spec: dict[str, Any] = {"terminationGracePeriodSeconds": 2, "containers": [container]}
+        env = [
+            {"name": "LEDGER", "value": str(self.ledger.path)},
+            {"name": "STEPS", "value": str(steps)},
+            {"name": "STEP_SECONDS", "value": str(step_seconds)},
+            # Prometheus scrapes every second; never wait long for it (it may be the fault).
+            {"name": "KUBETUNE_FINAL_SCRAPE_TIMEOUT_SECONDS", "value": "2"},
+        ]
+        pod: dict[str, Any] = {"terminationGracePeriodSeconds": 2}
         if tolerations:
-            pod_spec["tolerations"] = tolerations
+            pod["tolerations"] = tolerations
         manifest = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "TuningJob",
@@ -129,7 +133,8 @@ class Faulty:
                 "parameters": [{"name": "x", "type": "float", "min": 0.0, "max": 1.0}],
                 "algorithm": {"name": "random", "seed": 7},
                 "budget": {"maxTrials": max_trials, "parallelism": parallelism, "maxFailedTrials": 0},
-                "trialTemplate": {"retries": retries, "metricsPort": METRICS_PORT, "template": {"spec": pod_spec}},
+                "trialTemplate": {"retries": retries, "metricsPort": METRICS_PORT,
+                                  **script_trial_template(WORKLOAD, pod, env=env)},
                 **spec,
             },
         }

@@ -31,7 +31,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
-from kubetune_harness import Cluster, OperatorProcess, condition, create_namespace, install_crds, wait_for
+from kubetune_harness import (
+    Cluster,
+    OperatorProcess,
+    condition,
+    create_namespace,
+    install_crds,
+    script_trial_template,
+    wait_for,
+)
 from pydantic import ValidationError
 
 from kubetune.api import TuningJob
@@ -105,21 +113,11 @@ def make_spec(parameters: list[dict[str, Any]], metric: str, goal: str, algorith
         "parameters": parameters,
         "algorithm": {"name": algorithm, "seed": 1},
         "budget": {"maxTrials": max_trials, "parallelism": parallelism},
-        "trialTemplate": {
-            "template": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "trial",
-                            "image": "python:3.11-slim",
-                            "command": ["python", "-c", TRIAL_SCRIPT],
-                            "args": [a for n in names for a in (n, placeholder(n))],
-                            "env": [{"name": "METRIC", "value": metric}],
-                        }
-                    ]
-                }
-            }
-        },
+        "trialTemplate": script_trial_template(
+            TRIAL_SCRIPT,
+            args=[a for n in names for a in (n, placeholder(n))],
+            env=[{"name": "METRIC", "value": metric}],
+        ),
     }
 
 

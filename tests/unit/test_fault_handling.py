@@ -7,11 +7,11 @@ import asyncio
 from typing import Any
 
 from kubetune.api import TuningJobStatus
-from kubetune.controller.planner import Plan
+from kubetune.controller.planner import CreateTrial, Plan
 from kubetune.handlers.config import OperatorConfig
 from kubetune.handlers.runtime import Controller
 from kubetune.k8s.apply import JobRef, PlanApplier
-from kubetune.k8s.client import Conflict, Credentials, KubeClient
+from kubetune.k8s.client import ApiError, Conflict, Credentials, KubeClient, NotFound
 
 KEY = ("ml", "digits")
 
@@ -61,3 +61,38 @@ def test_job_status_is_written_only_onto_the_version_it_was_planned_from() -> No
         assert body["metadata"] == {"resourceVersion": "42"} and body["status"]["progress"] == "1/4"
         # A 409 is no failure: the newer job's watch event brings the next reconcile.
         assert result.errors == []
+
+
+class GoneNamespaceClient:
+    """Answers every create like an API server whose namespace is terminating or already deleted."""
+
+    def __init__(self, error: ApiError) -> None:
+        self.error = error
+        self.creates = 0
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.creates += 1
+        raise self.error
+
+
+def test_writes_into_a_namespace_going_away_are_not_reconcile_errors() -> None:
+    action = CreateTrial(
+        trial={"metadata": {"name": "digits-0", "labels": {}}},
+        pod={"metadata": {"name": "digits-0-1", "labels": {"kubetune.io/trial": "digits-0"}}},
+    )
+    job = JobRef(namespace="ml", name="digits", uid="job-uid")
+    going_away = [
+        NotFound(404, "NotFound", 'namespaces "ml" not found'),
+        ApiError(403, "Forbidden", 'trials.kubetune.io "digits-0" is forbidden: unable to create new content in '
+                                   "namespace ml because it is being terminated"),
+    ]
+    for error in going_away:
+        client = GoneNamespaceClient(error)
+        result = asyncio.run(PlanApplier(client).apply(  # type: ignore[arg-type]
+            job, Plan(actions=[action]), lambda _: {}, lambda _: None, {}))
+        assert client.creates == 1 and result.errors == []
+    # Any other refusal still counts (and is retried).
+    other = ApiError(403, "Forbidden", 'trials.kubetune.io is forbidden: User "x" cannot create resource "trials"')
+    result = asyncio.run(PlanApplier(GoneNamespaceClient(other)).apply(  # type: ignore[arg-type]
+        job, Plan(actions=[action]), lambda _: {}, lambda _: None, {}))
+    assert len(result.errors) == 1

@@ -68,6 +68,12 @@ def rejected_for_good(error: ApiError) -> bool:
     return error.status in (400, 422) or (error.status == 403 and "violates PodSecurity" in error.message)
 
 
+def namespace_going_away(error: ApiError, namespace: str) -> bool:
+    """A write into a namespace that is gone or terminating: the job goes with it, nothing to retry."""
+    gone = isinstance(error, NotFound) and f'namespaces "{namespace}" not found' in error.message
+    return gone or (error.status == 403 and "because it is being terminated" in error.message)
+
+
 def trials_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
     return resource_path(GROUP, VERSION, "trials", namespace, name, subresource)
 
@@ -105,6 +111,9 @@ class PlanApplier:
                 try:
                     await coroutine
                 except ApiError as error:
+                    if namespace_going_away(error, job.namespace):
+                        logger.debug("%s/%s: namespace going away: %s", job.namespace, job.name, error)
+                        return
                     result.errors.append(str(error))
                     logger.warning("%s/%s: %s", job.namespace, job.name, error)
 
