@@ -42,6 +42,7 @@ from kubetune.controller.templates import build_trial, build_trial_pod, template
 from kubetune.search import StopDecision
 
 Curve = list[tuple[float, float]]
+FINAL_PHASES = (TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -123,6 +124,9 @@ class Plan:
 @dataclass(frozen=True)
 class PlannerSettings:
     metrics_poll_seconds: float = 2.0  # how often running trials are compared (early stopping)
+    # Finished pods kept per job once their trial's result is recorded; older ones are deleted so
+    # etcd and every watch cache stay bounded at any trial count (None: keep all).
+    keep_finished_pods: int | None = 1000
 
 
 # --------------------------------------------------------------------------- helpers
@@ -197,15 +201,16 @@ def advance_trial(
     """The trial's next status from its pods, and the pod actions that go with it."""
     spec = job.spec
     name = trial.metadata.name
-    status = trial.status.model_copy(deep=True)
-    step = _TrialStep(status=status)
-
-    if status.phase in (TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED):
-        # Final. A pod still running (stopped trial, finished job) is stopped.
+    if trial.status.phase in FINAL_PHASES:
+        # Final: the status never changes (so it is not copied: thousands of these per plan). A pod
+        # still running (stopped trial, finished job) is stopped.
+        step = _TrialStep(status=trial.status)
         for pod in pods:
             if not pod.terminal and not pod.deleting:
-                step.actions.append(DeletePod(pod.name, f"trial {name} is {status.phase}"))
+                step.actions.append(DeletePod(pod.name, f"trial {name} is {trial.status.phase}"))
         return step
+    status = trial.status.model_copy(deep=True)
+    step = _TrialStep(status=status)
 
     latest = max(pods, key=lambda p: p.attempt) if pods else None
     attempts = max(status.attempts, latest.attempt if latest else 0)
@@ -366,7 +371,8 @@ def _finish_reason(
     if done and active == 0:
         reason = "MaxTrialsReached" if counts.created >= budget.max_trials else "SearchSpaceExhausted"
         if best is None:
-            return TuningJobPhase.FAILED, "NoTrialSucceeded", f"{counts.created} trials ran and none succeeded"
+            last = f"; last: {last_failure}" if last_failure else ""
+            return TuningJobPhase.FAILED, "NoTrialSucceeded", f"{counts.created} trials ran and none succeeded{last}"
         return (
             TuningJobPhase.SUCCEEDED,
             reason,
@@ -481,9 +487,11 @@ def plan(
                             f"the job finished ({finished[1]}) while this trial was active", None)
         counts = _counts(statuses)
 
+    result.actions.extend(_prune_finished_pods(trials, pods_by_trial, settings.keep_finished_pods))
+
     # Trial status patches, only where something changed.
     for trial, status in zip(trials, statuses, strict=True):
-        if status.to_wire() != trial.status.to_wire():
+        if status is not trial.status and status.to_wire() != trial.status.to_wire():
             result.actions.append(PatchTrialStatus(trial.metadata.name, status.to_wire()))
 
     result.status = _job_status(job, counts, best, finished, observations, start, now)
@@ -495,6 +503,24 @@ def plan(
 
     result.requeue_after = _requeue_after(job, counts, finished, start, now, settings)
     return result
+
+
+def _prune_finished_pods(
+    trials: Sequence[Trial], pods_by_trial: dict[str, list[PodView]], keep: int | None
+) -> list[Action]:
+    """Delete finished pods beyond the newest `keep`, only of trials whose final status is already stored
+    (the input status, not this plan's): a result is never lost with its pod."""
+    if keep is None:
+        return []
+    done = [
+        pod
+        for trial in trials  # sorted by index: oldest first
+        if trial.status.phase in FINAL_PHASES
+        for pod in sorted(pods_by_trial.get(trial.metadata.name, []), key=lambda p: p.attempt)
+        if pod.terminal and not pod.deleting
+    ]
+    surplus = done[: max(0, len(done) - keep)]
+    return [DeletePod(pod.name, f"result recorded; keeping the newest {keep} finished pods") for pod in surplus]
 
 
 def _stop_message(spec: TuningJobSpec, verdict: StopDecision) -> str:

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from kubetune.api import EarlyStoppingRule, Trial, TrialPhase, TuningJob, TuningJobStatus
 from kubetune.controller.engine import SearchEngine
-from kubetune.controller.observe import pod_view
+from kubetune.controller.observe import PodView, pod_view
 from kubetune.controller.planner import (
     Engine,
     Observations,
@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, job name)
 FINAL_PHASES = {str(p) for p in (TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED)}
 EXPECTATION_SECONDS = 60.0
+# How long a finished pod that was deleted stands in for itself (see pod_event).
+DELETED_POD_SECONDS = 300.0
 
 
 def _first(store: Iterable[Any] | None) -> Any:
@@ -64,7 +66,10 @@ class Controller:
         self.metrics = metrics or OperatorMetrics()
         self.engine: Engine = engine or SearchEngine()
         self.prometheus = PrometheusClient(config.prometheus_url) if config.prometheus_url else None
-        self.planner_settings = PlannerSettings(metrics_poll_seconds=config.metrics_poll_seconds)
+        self.planner_settings = PlannerSettings(
+            metrics_poll_seconds=config.metrics_poll_seconds,
+            keep_finished_pods=config.keep_finished_pods if config.keep_finished_pods >= 0 else None,
+        )
         # Kopf's live indices, attached by the first handler call.
         self.jobs: Mapping[Key, Any] = {}
         self.trials: Mapping[Key, Any] = {}
@@ -77,7 +82,10 @@ class Controller:
         self._failures: dict[Key, int] = {}
         self._expected: dict[Key, dict[str, float]] = {}
         self._terminal_seen: dict[Key, float] = {}
+        self._observed: dict[Key, tuple[float, Observations]] = {}  # the last Prometheus answer per job
+        self._parsed: dict[Key, dict[str, tuple[str, Trial]]] = {}  # trial -> (resourceVersion, model)
         self._seen_terminal_pods: set[str] = set()
+        self._deleted_finished: dict[Key, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.reconciles = 0
         self._requests_counted = 0
@@ -123,10 +131,20 @@ class Controller:
             timer.cancel()
         self._timers[key] = loop.call_at(due, self.enqueue, key)
 
-    def pod_event(self, key: Key, name: str, phase: str | None, deleted: bool = False) -> None:
-        """Remember when a pod was first seen finished: the start of trial turnover."""
+    def pod_event(
+        self, key: Key, name: str, phase: str | None, deleted: bool = False, body: dict[str, Any] | None = None
+    ) -> None:
+        """Remember when a pod was first seen finished: the start of trial turnover.
+
+        A finished pod can be deleted right after it reported how it ended (a kubelet removes a pod
+        evicted from an unreachable node once it is back); its last state is kept, so the result
+        is read from it instead of the attempt being taken for lost and run again.
+        """
         if deleted:
             self._seen_terminal_pods.discard(name)
+            if phase in ("Succeeded", "Failed") and body is not None:
+                expiry = time.monotonic() + DELETED_POD_SECONDS
+                self._deleted_finished.setdefault(key, {})[name] = (expiry, body)
         elif phase in ("Succeeded", "Failed") and name not in self._seen_terminal_pods:
             self._seen_terminal_pods.add(name)
             self._terminal_seen.setdefault(key, time.monotonic())
@@ -180,6 +198,13 @@ class Controller:
             del expected[name]
         return frozenset(expected)
 
+    def _deleted_pods(self, key: Key, present: set[str]) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        deleted = self._deleted_finished.get(key, {})
+        for name in [n for n, (expiry, _) in deleted.items() if n in present or expiry < now]:
+            del deleted[name]
+        return [body for _, body in deleted.values()]
+
     async def reconcile(self, key: Key) -> None:
         namespace, name = key
         body = _first(self.jobs.get(key))
@@ -189,7 +214,8 @@ class Controller:
         now = datetime.now(UTC)
         metadata = body.get("metadata") or {}
         old_status: dict[str, Any] = dict(body.get("status") or {})
-        ref = JobRef(namespace=namespace, name=name, uid=metadata.get("uid", ""))
+        ref = JobRef(namespace=namespace, name=name, uid=metadata.get("uid", ""),
+                     resource_version=metadata.get("resourceVersion", ""))
         try:
             job = TuningJob.model_validate(body)
         except ValidationError as error:
@@ -203,22 +229,32 @@ class Controller:
 
         trials: list[Trial] = []
         raw_trials: dict[str, dict[str, Any]] = {}
+        # Validating every Trial on every reconcile costs O(trials); reuse the model of an unchanged one.
+        parsed = self._parsed.get(key, {})
+        still: dict[str, tuple[str, Trial]] = {}
         for raw in self.trials.get(key, ()):
-            try:
-                trial = Trial.model_validate(raw)
-            except ValidationError as error:
-                logger.warning("ignoring malformed Trial %s/%s: %s", namespace, raw.get("metadata", {}).get("name"),
-                               error)
-                continue
+            raw_meta = raw.get("metadata") or {}
+            version = raw_meta.get("resourceVersion") or ""
+            cached = parsed.get(raw_meta.get("name", ""))
+            if cached is not None and version and cached[0] == version:
+                trial = cached[1]
+            else:
+                try:
+                    trial = Trial.model_validate(raw)
+                except ValidationError as error:
+                    logger.warning("ignoring malformed Trial %s/%s: %s", namespace, raw_meta.get("name"), error)
+                    continue
+            still[trial.metadata.name] = (version, trial)
             trials.append(trial)
             raw_trials[trial.metadata.name] = raw
+        self._parsed[key] = still
         primary = job.spec.trial_template.primary_container_name
-        pods = [v for v in (pod_view(p, primary) for p in self.pods.get(key, ())) if v is not None]
+        raw_pods = list(self.pods.get(key, ()))
+        raw_pods += self._deleted_pods(key, {str((p.get("metadata") or {}).get("name")) for p in raw_pods})
+        pods = [v for v in (pod_view(p, primary) for p in raw_pods) if v is not None]
         expected = self._expected_pods(key, {p.name for p in pods})
 
-        observations = await self._observe(job, trials, pods)
-        if observations.problem is not None:
-            self.metrics.prometheus_errors.labels(observations.problem[0]).inc()
+        observations = await self._observe(key, job, trials, pods)
 
         suggest_started = time.monotonic()
         result = await asyncio.get_running_loop().run_in_executor(
@@ -242,16 +278,23 @@ class Controller:
         if applied.errors:
             raise RuntimeError(f"{len(applied.errors)} API call(s) failed; first: {applied.errors[0]}")
 
-    async def _observe(self, job: TuningJob, trials: list[Trial], pods: list[Any]) -> Observations:
-        """Prometheus is asked only when a decision needs it: early stopping, or a pod that just finished."""
+    async def _observe(self, key: Key, job: TuningJob, trials: list[Trial], pods: list[PodView]) -> Observations:
+        """Prometheus is asked only when a decision needs it: curves for early stopping at most once per
+        metrics poll (pod events in between reuse the last answer), and curves and finals of a trial whose
+        pod just finished (its learning curve is recorded in the Trial even without early stopping)."""
         unfinished = [t.metadata.name for t in trials if str(t.status.phase) not in FINAL_PHASES]
         if not unfinished or self.prometheus is None and job.spec.early_stopping.rule == EarlyStoppingRule.NONE:
             return Observations()
         wants_curves = job.spec.early_stopping.rule != EarlyStoppingRule.NONE or job.spec.objective.promql
-        just_finished = {p.trial for p in pods if p.terminal and p.trial in unfinished}
-        if not wants_curves and not just_finished:
+        unfinished_names = set(unfinished)
+        needs_finals = any(p.terminal and p.trial in unfinished_names for p in pods)
+        if not wants_curves and not needs_finals:
             return Observations()
-        return await observe_trials(
+        cached = self._observed.get(key)
+        if not needs_finals and cached is not None and time.monotonic() - cached[0] < self.config.metrics_poll_seconds:
+            return cached[1]
+        asked = time.monotonic()
+        observations = await observe_trials(
             self.prometheus,
             job.metadata.namespace or "",
             job.metadata.name,
@@ -259,6 +302,10 @@ class Controller:
             job.spec.objective.metric,
             job.spec.objective.promql,
         )
+        self._observed[key] = (asked, observations)
+        if observations.problem is not None:  # counted once per query, not per reuse
+            self.metrics.prometheus_errors.labels(observations.problem[0]).inc()
+        return observations
 
     def _record_metrics(
         self, key: Key, job: TuningJob, result: Any, raw_trials: dict[str, dict[str, Any]], created: int
@@ -293,6 +340,9 @@ class Controller:
             timer.cancel()
         self._expected.pop(key, None)
         self._terminal_seen.pop(key, None)
+        self._deleted_finished.pop(key, None)
+        self._observed.pop(key, None)
+        self._parsed.pop(key, None)
         self._failures.pop(key, None)
         for gauge in (self.metrics.trials_running, self.metrics.trials_pending, self.metrics.best_objective):
             try:
