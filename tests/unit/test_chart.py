@@ -93,6 +93,7 @@ def test_deployment_is_hardened_and_single() -> None:
         "KUBETUNE_WORKERS": "4",
         "KUBETUNE_METRICS_POLL_SECONDS": "2",
         "KUBETUNE_RESYNC_SECONDS": "30",
+        "KUBETUNE_KEEP_FINISHED_PODS": "1000",
         "KUBETUNE_OPERATOR_METRICS_PORT": "9102",
         "KUBETUNE_HEALTH_PORT": "8081",
     }

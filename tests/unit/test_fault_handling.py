@@ -28,11 +28,15 @@ def test_finished_pods_deleted_before_a_reconcile_stand_in_until_seen_again() ->
     controller.pod_event(KEY, "digits-0-1", "Succeeded", deleted=True, body=succeeded)
     # Deleted while running: no result to keep; the planner takes the attempt for lost.
     controller.pod_event(KEY, "digits-1-1", "Running", deleted=True, body=slim_pod("digits-1-1", "Running"))
-    assert controller._deleted_pods(KEY, set()) == [succeeded]
-    assert controller._deleted_pods(("ml", "other"), set()) == []
+    assert controller._deleted_pods(KEY, set(), set()) == [succeeded]
+    assert controller._deleted_pods(("ml", "other"), set(), set()) == []
     # The watch shows the pod again (same name): the live object wins, the copy is dropped.
-    assert controller._deleted_pods(KEY, {"digits-0-1"}) == []
-    assert controller._deleted_pods(KEY, set()) == []
+    assert controller._deleted_pods(KEY, {"digits-0-1"}, set()) == []
+    assert controller._deleted_pods(KEY, set(), set()) == []
+    # Once its trial's result is recorded (a pod the operator pruned itself), the copy is not kept.
+    controller.pod_event(KEY, "digits-0-1", "Succeeded", deleted=True, body=succeeded)
+    assert controller._deleted_pods(KEY, set(), {"digits-0"}) == []
+    assert controller._deleted_pods(KEY, set(), set()) == []
 
 
 class StatusClient:

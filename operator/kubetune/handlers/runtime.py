@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from kubetune.api import EarlyStoppingRule, Trial, TrialPhase, TuningJob, TuningJobStatus
 from kubetune.controller.engine import SearchEngine
+from kubetune.controller.naming import LABEL_TRIAL
 from kubetune.controller.observe import PodView, pod_view
 from kubetune.controller.planner import (
     Engine,
@@ -198,10 +199,13 @@ class Controller:
             del expected[name]
         return frozenset(expected)
 
-    def _deleted_pods(self, key: Key, present: set[str]) -> list[dict[str, Any]]:
+    def _deleted_pods(self, key: Key, present: set[str], settled: set[str]) -> list[dict[str, Any]]:
+        """The kept finished pods still needed: not back in the watch, not expired, and of a trial whose
+        result is not recorded yet (`settled` trials; so pods the operator prunes itself are not kept)."""
         now = time.monotonic()
         deleted = self._deleted_finished.get(key, {})
-        for name in [n for n, (expiry, _) in deleted.items() if n in present or expiry < now]:
+        for name in [n for n, (expiry, body) in deleted.items()
+                     if n in present or expiry < now or _trial_of(body) in settled]:
             del deleted[name]
         return [body for _, body in deleted.values()]
 
@@ -250,7 +254,8 @@ class Controller:
         self._parsed[key] = still
         primary = job.spec.trial_template.primary_container_name
         raw_pods = list(self.pods.get(key, ()))
-        raw_pods += self._deleted_pods(key, {str((p.get("metadata") or {}).get("name")) for p in raw_pods})
+        settled = {t.metadata.name for t in trials if str(t.status.phase) in FINAL_PHASES}
+        raw_pods += self._deleted_pods(key, {str((p.get("metadata") or {}).get("name")) for p in raw_pods}, settled)
         pods = [v for v in (pod_view(p, primary) for p in raw_pods) if v is not None]
         expected = self._expected_pods(key, {p.name for p in pods})
 
@@ -349,6 +354,10 @@ class Controller:
                 gauge.remove(namespace, name)
             except KeyError:
                 pass
+
+
+def _trial_of(pod: dict[str, Any]) -> str:
+    return str(((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_TRIAL, ""))
 
 
 def _validation_message(error: ValidationError) -> str:
