@@ -15,7 +15,10 @@ class AllocationError(Exception):
 
 
 class IpAllocator:
-    """Lowest free address of POD_NETWORK; an owner keeps its address until it releases it."""
+    """Addresses of a pod network handed out round-robin, like the host-local IPAM plugin: the next free
+    one after the last handed out, so a released address is reused only once the network wrapped. A
+    freshly reused address would let Prometheus scrape a new pod under the labels of the old pod it
+    still has as a target. An owner keeps its address until it releases it."""
 
     def __init__(self, network: ipaddress.IPv4Network = POD_NETWORK) -> None:
         self.network = network
@@ -23,6 +26,7 @@ class IpAllocator:
         self._size = (network.num_addresses // 256) * _HOSTS_PER_BLOCK
         self._by_owner: dict[str, str] = {}
         self._used: set[int] = set()
+        self._next = 0  # where the search for a free address starts
 
     def _address(self, index: int) -> str:
         block, host = divmod(index, _HOSTS_PER_BLOCK)
@@ -36,14 +40,19 @@ class IpAllocator:
     def allocate(self, owner: str) -> str:
         if owner in self._by_owner:
             return self._by_owner[owner]
-        for index in range(self._size):
+        for step in range(self._size):
+            index = (self._next + step) % self._size
             if index not in self._used:
-                return self.reserve(owner, self._address(index))
+                address = self.reserve(owner, self._address(index))
+                self._next = (index + 1) % self._size
+                return address
         raise AllocationError(f"pod network {self.network} exhausted")
 
     def reserve(self, owner: str, address: str) -> str:
-        """Record an address chosen earlier (agent restart); the owner keeps it."""
-        self._used.add(self._index(address))
+        """Record an address chosen earlier (agent restart); the owner keeps it, and the search goes on after it."""
+        index = self._index(address)
+        self._used.add(index)
+        self._next = max(self._next, index + 1) % self._size
         self._by_owner[owner] = address
         return address
 

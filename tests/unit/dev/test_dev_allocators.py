@@ -18,7 +18,18 @@ def test_ips_are_unique_stable_and_reused() -> None:
     assert (a, b) == ("127.10.0.1", "127.10.0.2")
     assert ips.allocate("a") == a  # stable per owner
     ips.release("a")
-    assert ips.allocate("c") == a  # reused after the pod ended
+    assert ips.allocate("c") == "127.10.0.3"  # round-robin: not the address a pod just left
+
+
+def test_released_ips_are_reused_once_the_network_wrapped() -> None:
+    ips = IpAllocator(ipaddress.IPv4Network("127.10.0.0/24"))  # 254 usable addresses
+    first = ips.allocate("first")
+    ips.release("first")
+    for i in range(253):
+        ips.allocate(str(i))
+    assert ips.allocate("wrapped") == first
+    with pytest.raises(AllocationError, match="127.10.0.0/24 exhausted"):
+        ips.allocate("one too many")
 
 
 def test_ips_skip_network_and_broadcast_looking_addresses() -> None:
