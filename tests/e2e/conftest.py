@@ -15,12 +15,11 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from kubernetes.client.rest import ApiException
-from kubetune_harness import create_namespace
+from kubetune_harness import fresh_namespace
 
 from kubetune.dev.cluster import ClusterInfo, DevCluster, DevClusterError
 from kubetune.dev.testing import Kube
@@ -67,8 +66,7 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace named after the test, enforcing Pod Security `restricted` like the examples';
     deleted afterwards, waiting until it is gone so pods (and the GPUs they hold) never leak into the next test."""
     slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{slug}-{uuid.uuid4().hex[:5]}"
-    create_namespace(kube.core, name)
+    name = fresh_namespace(kube.core, slug)
     # Pods are rejected until the ServiceAccount controller created `default`.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

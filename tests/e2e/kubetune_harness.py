@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +43,11 @@ def create_namespace(core: client.CoreV1Api, name: str) -> str:
     """A namespace enforcing the `restricted` Pod Security Standard."""
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=POD_SECURITY_LABELS)))
     return name
+
+
+def fresh_namespace(core: client.CoreV1Api, prefix: str) -> str:
+    """A new namespace named `prefix-<random>` (restricted, like every test namespace)."""
+    return create_namespace(core, f"{prefix}-{uuid.uuid4().hex[:6]}")
 
 
 def restricted_pod_context() -> client.V1PodSecurityContext:

@@ -20,7 +20,6 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,15 @@ import pytest
 import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
-from kubetune_harness import REPO, Cluster, create_namespace, install_crds, script_trial_template, wait_for
+from kubetune_harness import (
+    REPO,
+    Cluster,
+    create_namespace,
+    fresh_namespace,
+    install_crds,
+    script_trial_template,
+    wait_for,
+)
 
 from kubetune.dashboard import alert_rules, dashboard_query_list
 from kubetune.dev.cluster import ClusterInfo
@@ -220,11 +227,6 @@ def adopt_crds(api: client.ApiClient, release: str, namespace: str) -> None:
             extensions.patch_custom_resource_definition(crd.metadata.name, ownership)
 
 
-def restricted_namespace(core: client.CoreV1Api, prefix: str) -> str:
-    """A fresh namespace enforcing Pod Security `restricted`, like every test namespace."""
-    return create_namespace(core, f"{prefix}-{uuid.uuid4().hex[:5]}")
-
-
 # --------------------------------------------------------------------------- the install
 
 
@@ -256,7 +258,7 @@ def install(helm: Helm, api: client.ApiClient) -> Iterator[Install]:
     create_namespace(core, RELEASE_NAMESPACE)  # the operator and the helm test pod pass `restricted` too
     adopt_crds(api, RELEASE, RELEASE_NAMESPACE)
     helm.install(RELEASE, RELEASE_NAMESPACE, "--wait", "--timeout", "5m")
-    namespace = restricted_namespace(core, "chart")
+    namespace = fresh_namespace(core, "chart")
     cluster = Cluster(api, namespace)
     started = time.time()
     cluster.create_job(job_manifest(JOB))
@@ -462,7 +464,7 @@ def rbac_runs(helm: Helm, api: client.ApiClient, tmp_path_factory: pytest.TempPa
     try:
         for case, index in cases:
             release = f"rbac-{case}"
-            namespace = restricted_namespace(core, f"rbac-{case}")
+            namespace = fresh_namespace(core, f"rbac-{case}")
             extra = [] if index is None else [
                 "--post-renderer", sys.executable, "--post-renderer-args", str(drop_script),
                 "--post-renderer-args", str(index),

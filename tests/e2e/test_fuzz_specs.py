@@ -17,10 +17,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-import socket
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ from kubetune_harness import (
     Cluster,
     OperatorProcess,
     condition,
-    create_namespace,
+    fresh_namespace,
     install_crds,
     script_trial_template,
     wait_for,
@@ -45,6 +43,7 @@ from pydantic import ValidationError
 from kubetune.api import TuningJob
 from kubetune.controller.planner import validate_job
 from kubetune.dev.cluster import ClusterInfo
+from kubetune.dev.preflight import free_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -312,13 +311,6 @@ def mutated(draw: st.DrawFn, spec: dict[str, Any]) -> tuple[str, dict[str, Any]]
 # --------------------------------------------------------------------------- the run
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def operator_metrics(port: int) -> dict[str, float]:
     """Counters of the operator's /metrics: reconciles and reconcile errors."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
@@ -347,8 +339,8 @@ def fuzz_cluster(dev_cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFact
     api_client = config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
     install_crds(api_client)
     core = client.CoreV1Api(api_client)
-    namespace = create_namespace(core, f"fuzz-{uuid.uuid4().hex[:6]}")
-    port = free_port()
+    namespace = fresh_namespace(core, "fuzz")
+    port = free_ports(1)[0]
     operator = OperatorProcess(
         dev_cluster.kubeconfig, dev_cluster.prometheus_url, tmp_path_factory.mktemp("fuzz") / "operator.log",
         KUBETUNE_NAMESPACES=namespace, KUBETUNE_OPERATOR_METRICS_PORT=str(port),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from kubetune_harness import (
     Cluster,
     OperatorProcess,
     condition,
-    create_namespace,
+    fresh_namespace,
     install_crds,
     prometheus_query,
     wait_for,
@@ -35,7 +34,7 @@ def api(dev_cluster: ClusterInfo) -> Iterator[client.ApiClient]:
 
 
 def make_namespace(api_client: client.ApiClient, prefix: str) -> str:
-    return create_namespace(client.CoreV1Api(api_client), f"{prefix}-{uuid.uuid4().hex[:6]}")
+    return fresh_namespace(client.CoreV1Api(api_client), prefix)
 
 
 @pytest.fixture(scope="module")
