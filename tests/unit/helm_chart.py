@@ -26,7 +26,7 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["kubetune.io"], "resources": ["tuningjobs/status"], "verbs": ["patch"]},
     {"apiGroups": ["kubetune.io"], "resources": ["trials"], "verbs": ["list", "watch", "create"]},
     {"apiGroups": ["kubetune.io"], "resources": ["trials/status"], "verbs": ["patch"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
 

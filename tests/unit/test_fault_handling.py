@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from kubetune.api import TuningJobStatus
+from kubetune.api import Trial, TuningJobStatus
 from kubetune.controller.planner import CreateTrial, Plan
 from kubetune.handlers.config import OperatorConfig
 from kubetune.handlers.runtime import Controller
@@ -100,3 +100,42 @@ def test_writes_into_a_namespace_going_away_are_not_reconcile_errors() -> None:
     result = asyncio.run(PlanApplier(GoneNamespaceClient(other)).apply(  # type: ignore[arg-type]
         job, Plan(actions=[action]), lambda _: {}, lambda _: None, {}))
     assert len(result.errors) == 1
+
+
+class PodsClient:
+    """Answers pod GETs from a set of pods that exist on the API server; counts the requests."""
+
+    def __init__(self, existing: set[str]) -> None:
+        self.existing = existing
+        self.gets: list[str] = []
+
+    async def request(self, method: str, path: str) -> dict[str, Any]:
+        name = path.rsplit("/", 1)[-1]
+        self.gets.append(name)
+        if name not in self.existing:
+            raise NotFound(404, "NotFound", f'pods "{name}" not found')
+        return {"metadata": {"name": name}}
+
+
+def test_a_pod_missing_from_the_watch_is_lost_only_if_the_api_server_agrees() -> None:
+    """Another replica (rolling update) created digits-0-1 and recorded attempt 1; this replica's pod
+    watch lags. digits-1-1 is gone for real. digits-2 is final: its pods are never asked for."""
+    trials = [
+        Trial.model_validate({"metadata": {"name": name, "uid": f"uid-{name}"},
+                              "spec": {"index": int(name[-1]), "parameters": {}},
+                              "status": {"phase": phase, "attempts": 1}})
+        for name, phase in (("digits-0", "Pending"), ("digits-1", "Running"), ("digits-2", "Succeeded"))
+    ]
+    client = PodsClient(existing={"digits-0-1"})
+    controller = Controller(OperatorConfig(), client)  # type: ignore[arg-type]
+    found = asyncio.run(controller._behind_the_watch(KEY, trials, present=set()))
+    assert found == {"digits-0-1"} and sorted(client.gets) == ["digits-0-1", "digits-1-1"]
+    # Found once, it is expected like a pod created here: no second GET while the watch catches up.
+    client.gets.clear()
+    assert asyncio.run(controller._behind_the_watch(KEY, trials, present=set())) == frozenset()
+    assert client.gets == ["digits-1-1"]
+    assert controller._expected_pods(KEY, set()) == {"digits-0-1"}
+    # Pods the watch shows are never asked for.
+    client.gets.clear()
+    asyncio.run(controller._behind_the_watch(KEY, trials, present={"digits-0-1", "digits-1-1"}))
+    assert client.gets == []

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubetune.api import EarlyStoppingRule, Trial, TrialPhase, TuningJob, TuningJobStatus
+from kubetune.controller import naming
 from kubetune.controller.engine import SearchEngine
 from kubetune.controller.naming import LABEL_TRIAL
 from kubetune.controller.observe import PodView, pod_view
@@ -33,8 +34,8 @@ from kubetune.controller.planner import (
     plan_invalid,
 )
 from kubetune.handlers.config import OperatorConfig
-from kubetune.k8s.apply import JobRef, PlanApplier
-from kubetune.k8s.client import KubeClient
+from kubetune.k8s.apply import JobRef, PlanApplier, pods_path
+from kubetune.k8s.client import KubeClient, NotFound
 from kubetune.metrics.operator import OperatorMetrics
 from kubetune.metrics.prometheus import PrometheusClient, observe_trials
 
@@ -209,6 +210,33 @@ class Controller:
             del deleted[name]
         return [body for _, body in deleted.values()]
 
+    async def _behind_the_watch(self, key: Key, trials: list[Trial], present: set[str]) -> frozenset[str]:
+        """Current pods that the watch has not shown yet but the API server has.
+
+        A trial's current pod missing from the watch is lost only if the API server agrees: another
+        operator replica (during a rolling update) may have created it a moment ago. One GET per
+        missing pod, so only in that rare case; a pod found is then expected like one created here.
+        """
+        namespace = key[0]
+        expected = self._expected.get(key, {})
+        missing = [
+            naming.pod_name(t.metadata.name, t.status.attempts)
+            for t in trials
+            if t.status.attempts and str(t.status.phase) not in FINAL_PHASES
+        ]
+        found: set[str] = set()
+        for pod in missing:
+            if pod in present or pod in expected:
+                continue
+            try:
+                await self.client.request("GET", pods_path(namespace, pod))
+            except NotFound:
+                continue
+            found.add(pod)
+        deadline = time.monotonic() + EXPECTATION_SECONDS
+        self._expected.setdefault(key, {}).update({pod: deadline for pod in found})
+        return frozenset(found)
+
     async def reconcile(self, key: Key) -> None:
         namespace, name = key
         body = _first(self.jobs.get(key))
@@ -257,7 +285,8 @@ class Controller:
         settled = {t.metadata.name for t in trials if str(t.status.phase) in FINAL_PHASES}
         raw_pods += self._deleted_pods(key, {str((p.get("metadata") or {}).get("name")) for p in raw_pods}, settled)
         pods = [v for v in (pod_view(p, primary) for p in raw_pods) if v is not None]
-        expected = self._expected_pods(key, {p.name for p in pods})
+        present = {p.name for p in pods}
+        expected = self._expected_pods(key, present) | await self._behind_the_watch(key, trials, present)
 
         observations = await self._observe(key, job, trials, pods)
 
