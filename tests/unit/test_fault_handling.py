@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from kubetune.api import Trial, TuningJobStatus
-from kubetune.controller.planner import CreateTrial, Plan
+from kubetune.controller.planner import CreateTrial, Event, Plan
 from kubetune.handlers.config import OperatorConfig
 from kubetune.handlers.runtime import Controller
 from kubetune.k8s.apply import JobRef, PlanApplier
@@ -139,3 +139,59 @@ def test_a_pod_missing_from_the_watch_is_lost_only_if_the_api_server_agrees() ->
     client.gets.clear()
     asyncio.run(controller._behind_the_watch(KEY, trials, present={"digits-0-1", "digits-1-1"}))
     assert client.gets == []
+
+
+def test_a_trial_model_is_reused_exactly_as_long_as_the_watch_keeps_its_body() -> None:
+    def body(phase: str) -> dict[str, Any]:
+        return {"metadata": {"name": "digits-0", "uid": "u0", "resourceVersion": "1"},
+                "spec": {"index": 0, "parameters": {"lr": 0.1}}, "status": {"phase": phase}}
+
+    controller = Controller(OperatorConfig(), PodsClient(set()))  # type: ignore[arg-type]
+    first = body("Running")
+    malformed = {"metadata": {"name": "digits-1"}, "spec": {"index": "one"}}
+    controller.attach({}, {KEY: [first, malformed]}, {})
+    [model], raw = controller._trials_of(KEY)
+    assert raw == {"digits-0": first} and model.status.phase == "Running"
+    assert controller._trials_of(KEY)[0][0] is model  # the same body: not validated again
+    # Kopf stores a changed body as a new object (same name, even the same resourceVersion here).
+    controller.attach({}, {KEY: [body("Succeeded")]}, {})
+    [changed], _ = controller._trials_of(KEY)
+    assert changed is not model and changed.status.phase == "Succeeded"
+
+
+class SlowEventsClient:
+    """Events take a while and the first is refused; everything else answers at once."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.release = asyncio.Event()
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert path.endswith("/events")
+        await self.release.wait()
+        if not self.events:
+            self.events.append("refused")
+            raise ApiError(403, "Forbidden", 'events is forbidden: User "x" cannot create resource "events"')
+        self.events.append(body["reason"])
+        return body
+
+    async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+
+def test_events_are_posted_in_the_background_and_a_refused_one_is_no_reconcile_error() -> None:
+    async def scenario() -> tuple[Any, list[str], list[str]]:
+        client = SlowEventsClient()
+        applier = PlanApplier(client)  # type: ignore[arg-type]
+        plan = Plan(actions=[Event("TuningJob", "digits", "Normal", reason, "m") for reason in ("A", "B", "C")])
+        result = await asyncio.wait_for(
+            applier.apply(JobRef("ml", "digits", "uid"), plan, lambda _: {}, lambda _: None, {}), timeout=5)
+        before = list(client.events)  # apply returned while the API server still held every Event
+        client.release.set()
+        await asyncio.wait_for(applier.events.flush(), timeout=5)
+        await applier.events.close()
+        return result, before, client.events
+
+    result, before, posted = asyncio.run(scenario())
+    assert result.errors == [] and before == []
+    assert posted.count("refused") == 1 and len(set(posted) - {"refused"}) == 2  # the others all posted

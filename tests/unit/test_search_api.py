@@ -13,7 +13,9 @@ import yaml
 
 from kubetune.api import TuningJobSpec
 from kubetune.cli import main
-from kubetune.search import SearchError, stop, suggest
+from kubetune.search import FrozenEntry, SearchError, stop, suggest
+from kubetune.search._history import parse_history
+from kubetune.search._space import Space, load_spec
 
 TEMPLATE = {"template": {"spec": {"containers": [{"name": "trainer", "image": "trainer"}]}}}
 SPEC: dict[str, Any] = {
@@ -149,3 +151,27 @@ def test_cli_reports_bad_input_on_stderr(tmp_path: Path, capsys: pytest.CaptureF
     assert "history[0]: missing parameters" in capsys.readouterr().err
     assert main(["suggest", "-f", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_frozen_entries_answer_like_their_mappings_and_are_parsed_once() -> None:
+    history: list[dict[str, Any]] = [
+        {"parameters": {"lr": 0.001 * (i + 1), "kind": "ab"[i % 2]}, "state": "Succeeded", "objective": 1.0 / (i + 1),
+         "intermediate": [[1, 2.0 / (i + 1)], [2, 1.0 / (i + 1)]]}
+        for i in range(12)
+    ] + [{"parameters": {"lr": 0.5, "kind": "a"}, "state": "Running", "intermediate": [[1, 9.0]]}]
+    frozen: list[Any] = [FrozenEntry(entry) for entry in history[:-1]] + history[-1:]
+    assert suggest(SPEC, frozen, 3) == suggest(SPEC, history, 3)
+    assert stop(SPEC, frozen) == stop(SPEC, history) == [12]
+    entry = frozen[0]
+    assert dict(entry)["state"] == "Succeeded" and entry != history[0]  # equal only to itself
+    with pytest.raises(TypeError):
+        entry["parameters"]["lr"] = 1.0  # read-only all the way down
+    # Parsed once per (space, goal, position): a second call reads the memo, not the entry.
+    before = [parse_history(Space.from_spec(load_spec(SPEC)), "minimize", frozen)[i] for i in range(12)]
+    again = parse_history(Space.from_spec(load_spec(SPEC)), "minimize", frozen)
+    assert all(a is b for a, b in zip(before, again[:12], strict=True))
+    # A malformed frozen entry is still rejected, naming it, on every call (errors are not memoised).
+    bad = [FrozenEntry({"parameters": {"lr": 0.1}, "state": "Done"})]
+    for _ in range(2):
+        with pytest.raises(SearchError, match=r"history\[0\]\.state"):
+            suggest(SPEC, bad, 1)

@@ -85,7 +85,7 @@ class Controller:
         self._expected: dict[Key, dict[str, float]] = {}
         self._terminal_seen: dict[Key, float] = {}
         self._observed: dict[Key, tuple[float, Observations]] = {}  # the last Prometheus answer per job
-        self._parsed: dict[Key, dict[str, tuple[str, Trial]]] = {}  # trial -> (resourceVersion, model)
+        self._parsed: dict[Key, dict[int, tuple[dict[str, Any], Trial]]] = {}  # id(body) -> (body, model)
         self._seen_terminal_pods: set[str] = set()
         self._deleted_finished: dict[Key, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -109,6 +109,11 @@ class Controller:
         self._tasks.clear()
         for timer in self._timers.values():
             timer.cancel()
+        try:  # the Events of the last reconciles, unless the API server does not answer
+            await asyncio.wait_for(self.applier.events.flush(), timeout=5.0)
+        except TimeoutError:
+            pass
+        await self.applier.events.close()
         await self.client.close()
         if self.prometheus is not None:
             await self.prometheus.close()
@@ -237,6 +242,28 @@ class Controller:
         self._expected.setdefault(key, {}).update({pod: deadline for pod in found})
         return frozenset(found)
 
+    def _trials_of(self, key: Key) -> tuple[list[Trial], dict[str, dict[str, Any]]]:
+        """The job's Trials as models, and their watched bodies by name.
+
+        Validating every Trial on every reconcile would cost O(trials). Kopf's index keeps an
+        unchanged body as the same object (a changed one is a new dict), so a model is reused for as
+        long as its body is; the bodies are held here too, so their ids are never reused meanwhile.
+        """
+        parsed = self._parsed.get(key, {})
+        still: dict[int, tuple[dict[str, Any], Trial]] = {}
+        for raw in self.trials.get(key, ()):
+            cached = parsed.get(id(raw))
+            if cached is None or cached[0] is not raw:
+                try:
+                    cached = (raw, Trial.model_validate(raw))
+                except ValidationError as error:
+                    name = (raw.get("metadata") or {}).get("name")
+                    logger.warning("ignoring malformed Trial %s/%s: %s", key[0], name, error)
+                    continue
+            still[id(raw)] = cached
+        self._parsed[key] = still
+        return [trial for _, trial in still.values()], {trial.metadata.name: raw for raw, trial in still.values()}
+
     async def reconcile(self, key: Key) -> None:
         namespace, name = key
         body = _first(self.jobs.get(key))
@@ -259,31 +286,13 @@ class Controller:
             await self.applier.apply(ref, invalid, lambda _: {}, lambda _: None, old_status)
             return
 
-        trials: list[Trial] = []
-        raw_trials: dict[str, dict[str, Any]] = {}
-        # Validating every Trial on every reconcile costs O(trials); reuse the model of an unchanged one.
-        parsed = self._parsed.get(key, {})
-        still: dict[str, tuple[str, Trial]] = {}
-        for raw in self.trials.get(key, ()):
-            raw_meta = raw.get("metadata") or {}
-            version = raw_meta.get("resourceVersion") or ""
-            cached = parsed.get(raw_meta.get("name", ""))
-            if cached is not None and version and cached[0] == version:
-                trial = cached[1]
-            else:
-                try:
-                    trial = Trial.model_validate(raw)
-                except ValidationError as error:
-                    logger.warning("ignoring malformed Trial %s/%s: %s", namespace, raw_meta.get("name"), error)
-                    continue
-            still[trial.metadata.name] = (version, trial)
-            trials.append(trial)
-            raw_trials[trial.metadata.name] = raw
-        self._parsed[key] = still
+        trials, raw_trials = self._trials_of(key)
         primary = job.spec.trial_template.primary_container_name
         raw_pods = list(self.pods.get(key, ()))
-        settled = {t.metadata.name for t in trials if str(t.status.phase) in FINAL_PHASES}
-        raw_pods += self._deleted_pods(key, {str((p.get("metadata") or {}).get("name")) for p in raw_pods}, settled)
+        if self._deleted_finished.get(key):
+            settled = {t.metadata.name for t in trials if t.status.phase in FINAL_PHASES}
+            present_pods = {str((p.get("metadata") or {}).get("name")) for p in raw_pods}
+            raw_pods += self._deleted_pods(key, present_pods, settled)
         pods = [v for v in (pod_view(p, primary) for p in raw_pods) if v is not None]
         present = {p.name for p in pods}
         expected = self._expected_pods(key, present) | await self._behind_the_watch(key, trials, present)
@@ -316,7 +325,7 @@ class Controller:
         """Prometheus is asked only when a decision needs it: curves for early stopping at most once per
         metrics poll (pod events in between reuse the last answer), and curves and finals of a trial whose
         pod just finished (its learning curve is recorded in the Trial even without early stopping)."""
-        unfinished = [t.metadata.name for t in trials if str(t.status.phase) not in FINAL_PHASES]
+        unfinished = [t.metadata.name for t in trials if t.status.phase not in FINAL_PHASES]
         if not unfinished or self.prometheus is None and job.spec.early_stopping.rule == EarlyStoppingRule.NONE:
             return Observations()
         wants_curves = job.spec.early_stopping.rule != EarlyStoppingRule.NONE or job.spec.objective.promql

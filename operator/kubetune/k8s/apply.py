@@ -3,7 +3,9 @@
 Order matters for crash safety: pods are created before the Trial status that
 counts them is written (a crash in between is recovered from the pod itself),
 and a trial is marked stopped before its pod is deleted (a crash in between
-leaves a final trial whose pod the next reconcile deletes).
+leaves a final trial whose pod the next reconcile deletes). The job's status is
+derived from the trials, so it is written alongside their statuses; Events are
+posted in the background, so no reconcile (and no trial turnover) waits on them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 # Trials of one wave are created concurrently, but not all 1,000 at once.
 MAX_CONCURRENT_WRITES = 16
+# Events waiting to be posted, and the tasks posting them.
+EVENT_BACKLOG = 2000
+EVENT_POSTERS = 4
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -86,6 +91,59 @@ def pods_path(namespace: str, name: str | None = None) -> str:
     return resource_path("", "v1", "pods", namespace, name)
 
 
+class EventRecorder:
+    """Posts Events in the background, like client-go's event broadcaster.
+
+    Events are for people, not for correctness: a reconcile hands them over and goes on, a refused
+    one is logged and not retried, and beyond EVENT_BACKLOG waiting ones new ones are dropped
+    (counted in `dropped`) rather than slowing the operator down.
+    """
+
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+        self.dropped = 0
+        self._queue: asyncio.Queue[tuple[str, Json]] | None = None
+        self._posters: list[asyncio.Task[None]] = []
+
+    def record(self, namespace: str, body: Json) -> None:
+        if self._queue is None:  # started on first use, inside the operator's event loop
+            self._queue = asyncio.Queue(EVENT_BACKLOG)
+            self._posters = [asyncio.create_task(self._post(), name=f"kubetune-events-{n}")
+                             for n in range(EVENT_POSTERS)]
+        try:
+            self._queue.put_nowait((namespace, body))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            logger.warning("%d Events waiting; dropped %s %s", EVENT_BACKLOG, body["reason"], body["message"][:200])
+
+    async def _post(self) -> None:
+        assert self._queue is not None
+        while True:
+            namespace, body = await self._queue.get()
+            try:
+                await self.client.create(resource_path("", "v1", "events", namespace), body)
+            except ApiError as error:
+                if not namespace_going_away(error, namespace):
+                    logger.warning("%s/%s: Event %s not recorded: %s", namespace,
+                                   body["involvedObject"]["name"], body["reason"], error)
+            except Exception:  # a connection error must not end the poster
+                logger.exception("%s: Event %s not recorded", namespace, body["reason"])
+            finally:
+                self._queue.task_done()
+
+    async def flush(self) -> None:
+        """Until every Event handed over so far is posted (or refused)."""
+        if self._queue is not None:
+            await self._queue.join()
+
+    async def close(self) -> None:
+        for task in self._posters:
+            task.cancel()
+        await asyncio.gather(*self._posters, return_exceptions=True)
+        self._posters = []
+        self._queue = None
+
+
 class PlanApplier:
     """Applies plans with one client; `trial_uids` resolves Trial names for events and owner references."""
 
@@ -93,6 +151,7 @@ class PlanApplier:
         self.client = client
         self.component = component
         self.instance = socket.gethostname()
+        self.events = EventRecorder(client)
         self._writes = asyncio.Semaphore(MAX_CONCURRENT_WRITES)
 
     async def apply(
@@ -120,20 +179,20 @@ class PlanApplier:
         # 1. New trials and their first pods, then retries' pods.
         await asyncio.gather(*(guarded(self._create_trial(job, a, uids, result)) for a in plan.of_type(CreateTrial)))
         await asyncio.gather(*(guarded(self._create_pod(job, a.pod, result)) for a in plan.of_type(CreatePod)))
-        # 2. Trial statuses (after the pods they count exist), except of trials just failed for a rejected pod.
+        # 2. Trial statuses (after the pods they count exist), except of trials just failed for a rejected
+        #    pod; the job's status with them.
         patches = [a for a in plan.of_type(PatchTrialStatus) if a.trial not in result.rejected_trials]
-        await asyncio.gather(*(guarded(self._patch_trial(job, a, old_trial_status(a.trial))) for a in patches))
-        # 3. Pods of stopped trials.
+        writes = [guarded(self._patch_trial(job, a, old_trial_status(a.trial))) for a in patches]
+        job_patch = merge_patch(old_job_status, plan.status.to_wire()) if plan.status is not None else None
+        if job_patch:
+            writes.append(guarded(self._patch_job_status(job, job_patch)))
+        await asyncio.gather(*writes)
+        # 3. Pods of stopped trials (after their trials are marked stopped).
         await asyncio.gather(*(guarded(self._delete_pod(job, a)) for a in plan.of_type(DeletePod)))
-        # 4. The job's status.
-        if plan.status is not None:
-            patch = merge_patch(old_job_status, plan.status.to_wire())
-            if patch:
-                await guarded(self._patch_job_status(job, patch))
-        # 5. Events last: they are for people, not for correctness.
-        await asyncio.gather(
-            *(guarded(self._event(job, a, uids.get(a.name) or trial_uid(a.name))) for a in plan.of_type(Event))
-        )
+        # 4. Events, in the background.
+        for event in plan.of_type(Event):
+            uid = uids.get(event.name) or trial_uid(event.name)
+            self.events.record(job.namespace, self._event_body(job, event, uid))
         return result
 
     async def _create_trial(self, job: JobRef, action: CreateTrial, uids: dict[str, str], result: ApplyResult) -> None:
@@ -214,7 +273,7 @@ class PlanApplier:
         except NotFound:
             pass
 
-    async def _event(self, job: JobRef, action: Event, trial_uid: str | None) -> None:
+    def _event_body(self, job: JobRef, action: Event, trial_uid: str | None) -> Json:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         if action.kind == "Trial":
             involved = {"apiVersion": API_VERSION, "kind": "Trial", "name": action.name, "namespace": job.namespace}
@@ -238,4 +297,4 @@ class PlanApplier:
             "lastTimestamp": now[:19] + "Z",
             "count": 1,
         }
-        await self.client.create(resource_path("", "v1", "events", job.namespace), body)
+        return body

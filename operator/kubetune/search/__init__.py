@@ -8,6 +8,7 @@ same inputs and seed give the same answer.
 - `suggest(spec, history, n)`: up to n new assignments; fewer means the space is exhausted.
 - `stop(spec, history)` / `stop_decisions(...)`: Running trials the early-stopping rule stops now.
 - `SearchError`: bad input (a `ValueError`).
+- `FrozenEntry(entry)`: a read-only history entry (a finished trial's): parsed once, however often passed.
 
 Algorithms: random, grid, bayesian (own Gaussian process), tpe (Optuna),
 cmaes (the `cmaes` library), evolution (own genetic algorithm) and auto
@@ -16,6 +17,7 @@ cmaes (the `cmaes` library), evolution (own genetic algorithm) and auto
 
 from kubetune.search._engine import suggest
 from kubetune.search._errors import SearchError
+from kubetune.search._history import FrozenEntry
 from kubetune.search._stopping import StopDecision, stop, stop_decisions
 
-__all__ = ["SearchError", "StopDecision", "stop", "stop_decisions", "suggest"]
+__all__ = ["FrozenEntry", "SearchError", "StopDecision", "stop", "stop_decisions", "suggest"]

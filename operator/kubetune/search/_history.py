@@ -17,9 +17,11 @@ types) raise `SearchError` naming the entry. Values are judged, not rejected:
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from kubetune.api.models import Goal, TrialPhase
@@ -57,12 +59,72 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+class FrozenEntry(Mapping[str, Any]):
+    """A read-only history entry, for a trial whose entry never changes again (it finished).
+
+    Passed again and again (a long study's finished trials, on every wave), it is validated and
+    parsed once per space, not on every call. Equal only to itself.
+    """
+
+    __slots__ = ("_data", "_parsed")
+
+    def __init__(self, entry: Mapping[str, Any]) -> None:
+        self._data = {key: _read_only(value) for key, value in entry.items()}
+        # Its Observation per (space and goal, position in the history): they go with the entry.
+        self._parsed: dict[tuple[int, int], Observation] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+
+def _read_only(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _read_only(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_read_only(v) for v in value)
+    return value
+
+
+_contexts: dict[tuple[Any, float], int] = {}
+_new_tokens = itertools.count()
+
+
+def _context_token(space: Space | None, sign: float) -> int:
+    """A small number per distinct (space, goal): cheaper to hash than the space on every entry."""
+    context = (space.dimensions if space is not None else None, sign)
+    token = _contexts.get(context)
+    if token is None:
+        if len(_contexts) >= 1024:  # tokens are never reused, so stale memo entries only miss
+            _contexts.clear()
+        token = _contexts[context] = next(_new_tokens)
+    return token
+
+
 def parse_history(space: Space | None, goal: Goal | str, history: object) -> list[Observation]:
     """Validate `history` and orient its values (`space=None`: parameters are not checked)."""
     if not isinstance(history, Sequence) or isinstance(history, (str, bytes)):
         raise SearchError(f"history must be a list of trial entries, got {type(history).__name__}")
     sign = -1.0 if Goal(goal) == Goal.MAXIMIZE else 1.0
-    return [_parse_entry(space, sign, index, entry) for index, entry in enumerate(history)]
+    token = _context_token(space, sign)
+    observations = []
+    for index, entry in enumerate(history):
+        if not isinstance(entry, FrozenEntry):
+            observations.append(_parse_entry(space, sign, index, entry))
+            continue
+        observation = entry._parsed.get((token, index))
+        if observation is None:
+            observation = entry._parsed[(token, index)] = _parse_entry(space, sign, index, entry)
+        observations.append(observation)
+    return observations
 
 
 def _parse_entry(space: Space | None, sign: float, index: int, entry: object) -> Observation:
