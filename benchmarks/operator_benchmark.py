@@ -37,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.dev.agent import SIMULATE_ANNOTATION, SIMULATED_MESSAGE_ENV
 from kubetune.dev.cluster import ClusterInfo, DevCluster
@@ -57,7 +55,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 OUT = HERE / "out"
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
-from kubetune_harness import OperatorProcess  # noqa: E402
+from kubetune_harness import OperatorProcess, operator_samples  # noqa: E402
 
 GROUP_LABEL = "kubetune.io/job"  # the operator's label; the floor client sets it too
 API = "/apis/kubetune.io/v1alpha1"
@@ -243,25 +241,22 @@ class Sampler:
 
 def operator_metrics(port: int) -> dict[str, Any]:
     """The operator's counters, and its turnover histogram's cumulative buckets."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
     found: dict[str, Any] = {"turnover_buckets": {}}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "kubetune_api_requests_total":
-                found["api_requests"] = sample.value
-            elif sample.name == "kubetune_trial_turnover_seconds_bucket":
-                found["turnover_buckets"][sample.labels["le"]] = sample.value
-            elif sample.name == "kubetune_trial_turnover_seconds_count":
-                found["turnover_count"] = sample.value
-            elif sample.name == "kubetune_trial_turnover_seconds_sum":
-                found["turnover_sum"] = sample.value
-            elif sample.name == "kubetune_reconcile_duration_seconds_count":
-                found["reconciles"] = sample.value
-            elif sample.name == "kubetune_reconcile_duration_seconds_sum":
-                found["reconcile_seconds"] = sample.value
-            elif sample.name == "kubetune_prometheus_errors_total":
-                found["prometheus_errors"] = found.get("prometheus_errors", 0) + sample.value
+    for sample in operator_samples(port):
+        if sample.name == "kubetune_api_requests_total":
+            found["api_requests"] = sample.value
+        elif sample.name == "kubetune_trial_turnover_seconds_bucket":
+            found["turnover_buckets"][sample.labels["le"]] = sample.value
+        elif sample.name == "kubetune_trial_turnover_seconds_count":
+            found["turnover_count"] = sample.value
+        elif sample.name == "kubetune_trial_turnover_seconds_sum":
+            found["turnover_sum"] = sample.value
+        elif sample.name == "kubetune_reconcile_duration_seconds_count":
+            found["reconciles"] = sample.value
+        elif sample.name == "kubetune_reconcile_duration_seconds_sum":
+            found["reconcile_seconds"] = sample.value
+        elif sample.name == "kubetune_prometheus_errors_total":
+            found["prometheus_errors"] = found.get("prometheus_errors", 0) + sample.value
     count = found.get("turnover_count") or 0
     buckets = found["turnover_buckets"]
     if count:

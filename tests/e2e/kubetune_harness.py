@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from kubetune.dev.testing import poll
 
@@ -197,6 +199,13 @@ def script_trial_template(script: str, pod: dict[str, Any] | None = None, **cont
 
 def condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return next((c for c in (job.get("status") or {}).get("conditions", []) if c["type"] == type_), None)
+
+
+def operator_samples(port: int) -> list[Sample]:
+    """Every sample on an operator's /metrics, read with prometheus_client's own parser."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
 def prometheus_query(url: str, promql: str) -> list[dict[str, Any]]:

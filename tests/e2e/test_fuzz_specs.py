@@ -18,7 +18,6 @@ import copy
 import json
 import re
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from kubetune_harness import (
     condition,
     fresh_namespace,
     install_crds,
+    operator_samples,
     script_trial_template,
     wait_for,
 )
@@ -313,15 +313,11 @@ def mutated(draw: st.DrawFn, spec: dict[str, Any]) -> tuple[str, dict[str, Any]]
 
 def operator_metrics(port: int) -> dict[str, float]:
     """Counters of the operator's /metrics: reconciles and reconcile errors."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        body = response.read().decode()
-    found = {"reconciles": 0.0, "errors": 0.0}
-    for line in body.splitlines():
-        if line.startswith("kubetune_reconcile_duration_seconds_count"):
-            found["reconciles"] += float(line.split()[-1])
-        elif line.startswith("kubetune_reconcile_errors_total{"):
-            found["errors"] += float(line.split()[-1])
-    return found
+    samples = operator_samples(port)
+    return {
+        "reconciles": sum(s.value for s in samples if s.name == "kubetune_reconcile_duration_seconds_count"),
+        "errors": sum(s.value for s in samples if s.name == "kubetune_reconcile_errors_total"),
+    }
 
 
 @dataclass

@@ -43,7 +43,7 @@ from kubetune.controller.templates import build_trial, build_trial_pod, template
 from kubetune.search import FrozenEntry, StopDecision
 
 Curve = list[tuple[float, float]]
-FINAL_PHASES = (TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED)
+FINAL_PHASES = frozenset({TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED})
 
 
 # --------------------------------------------------------------------------- inputs

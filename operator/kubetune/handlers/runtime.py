@@ -20,12 +20,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubetune.api import EarlyStoppingRule, Trial, TrialPhase, TuningJob, TuningJobStatus
+from kubetune.api import EarlyStoppingRule, Trial, TuningJob, TuningJobStatus
 from kubetune.controller import naming
 from kubetune.controller.engine import SearchEngine
 from kubetune.controller.naming import LABEL_TRIAL
 from kubetune.controller.observe import PodView, pod_view
 from kubetune.controller.planner import (
+    FINAL_PHASES,
     Engine,
     Observations,
     PatchTrialStatus,
@@ -42,7 +43,6 @@ from kubetune.metrics.prometheus import PrometheusClient, observe_trials
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, job name)
-FINAL_PHASES = {str(p) for p in (TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED)}
 EXPECTATION_SECONDS = 60.0
 # How long a finished pod that was deleted stands in for itself (see pod_event).
 DELETED_POD_SECONDS = 300.0
@@ -227,7 +227,7 @@ class Controller:
         missing = [
             naming.pod_name(t.metadata.name, t.status.attempts)
             for t in trials
-            if t.status.attempts and str(t.status.phase) not in FINAL_PHASES
+            if t.status.attempts and t.status.phase not in FINAL_PHASES
         ]
         found: set[str] = set()
         for pod in missing:
