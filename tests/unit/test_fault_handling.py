@@ -25,18 +25,19 @@ def test_finished_pods_deleted_before_a_reconcile_stand_in_until_seen_again() ->
     controller = Controller(OperatorConfig(), KubeClient(Credentials("https://127.0.0.1:1", None, None, None, True,
                                                                      None, None)))
     succeeded = slim_pod("digits-0-1", "Succeeded")
+    waiting = {"digits-0"}  # the trial whose result the pod carries is still active
     controller.pod_event(KEY, "digits-0-1", "Succeeded", deleted=True, body=succeeded)
     # Deleted while running: no result to keep; the planner takes the attempt for lost.
     controller.pod_event(KEY, "digits-1-1", "Running", deleted=True, body=slim_pod("digits-1-1", "Running"))
-    assert controller._deleted_pods(KEY, set(), set()) == [succeeded]
-    assert controller._deleted_pods(("ml", "other"), set(), set()) == []
+    assert controller._deleted_pods(KEY, set(), waiting) == [succeeded]
+    assert controller._deleted_pods(("ml", "other"), set(), waiting) == []
     # The watch shows the pod again (same name): the live object wins, the copy is dropped.
-    assert controller._deleted_pods(KEY, {"digits-0-1"}, set()) == []
-    assert controller._deleted_pods(KEY, set(), set()) == []
+    assert controller._deleted_pods(KEY, {"digits-0-1"}, waiting) == []
+    assert controller._deleted_pods(KEY, set(), waiting) == []
     # Once its trial's result is recorded (a pod the operator pruned itself), the copy is not kept.
     controller.pod_event(KEY, "digits-0-1", "Succeeded", deleted=True, body=succeeded)
-    assert controller._deleted_pods(KEY, set(), {"digits-0"}) == []
     assert controller._deleted_pods(KEY, set(), set()) == []
+    assert controller._deleted_pods(KEY, set(), waiting) == []
 
 
 class StatusClient:
@@ -119,7 +120,7 @@ class PodsClient:
 
 def test_a_pod_missing_from_the_watch_is_lost_only_if_the_api_server_agrees() -> None:
     """Another replica (rolling update) created digits-0-1 and recorded attempt 1; this replica's pod
-    watch lags. digits-1-1 is gone for real. digits-2 is final: its pods are never asked for."""
+    watch lags. digits-1-1 is gone for real. Only active trials are passed: digits-2 is final."""
     trials = [
         Trial.model_validate({"metadata": {"name": name, "uid": f"uid-{name}"},
                               "spec": {"index": int(name[-1]), "parameters": {}},
@@ -128,35 +129,31 @@ def test_a_pod_missing_from_the_watch_is_lost_only_if_the_api_server_agrees() ->
     ]
     client = PodsClient(existing={"digits-0-1"})
     controller = Controller(OperatorConfig(), client)  # type: ignore[arg-type]
-    found = asyncio.run(controller._behind_the_watch(KEY, trials, present=set()))
+    active = [t for t in trials if t.status.phase != "Succeeded"]
+    found = asyncio.run(controller._behind_the_watch(KEY, active, present=set()))
     assert found == {"digits-0-1"} and sorted(client.gets) == ["digits-0-1", "digits-1-1"]
     # Found once, it is expected like a pod created here: no second GET while the watch catches up.
     client.gets.clear()
-    assert asyncio.run(controller._behind_the_watch(KEY, trials, present=set())) == frozenset()
+    assert asyncio.run(controller._behind_the_watch(KEY, active, present=set())) == frozenset()
     assert client.gets == ["digits-1-1"]
     assert controller._expected_pods(KEY, set()) == {"digits-0-1"}
     # Pods the watch shows are never asked for.
     client.gets.clear()
-    asyncio.run(controller._behind_the_watch(KEY, trials, present={"digits-0-1", "digits-1-1"}))
+    asyncio.run(controller._behind_the_watch(KEY, active, present={"digits-0-1", "digits-1-1"}))
     assert client.gets == []
 
 
-def test_a_trial_model_is_reused_exactly_as_long_as_the_watch_keeps_its_body() -> None:
-    def body(phase: str) -> dict[str, Any]:
-        return {"metadata": {"name": "digits-0", "uid": "u0", "resourceVersion": "1"},
-                "spec": {"index": 0, "parameters": {"lr": 0.1}}, "status": {"phase": phase}}
+def test_the_trial_index_holds_models_validated_once_and_skips_malformed_trials(caplog: Any) -> None:
+    from kubetune.handlers.registry import _trial_model
 
-    controller = Controller(OperatorConfig(), PodsClient(set()))  # type: ignore[arg-type]
-    first = body("Running")
+    body = {"apiVersion": "kubetune.io/v1alpha1", "kind": "Trial",
+            "metadata": {"name": "digits-0", "uid": "u0", "managedFields": [{"manager": "kubetune"}]},
+            "spec": {"index": 0, "parameters": {"lr": 0.1}}, "status": {"phase": "Running", "attempts": 1}}
+    model = _trial_model("ml", "digits-0", body)
+    assert isinstance(model, Trial) and model.status.phase == "Running" and model.metadata.uid == "u0"
     malformed = {"metadata": {"name": "digits-1"}, "spec": {"index": "one"}}
-    controller.attach({}, {KEY: [first, malformed]}, {})
-    [model], raw = controller._trials_of(KEY)
-    assert raw == {"digits-0": first} and model.status.phase == "Running"
-    assert controller._trials_of(KEY)[0][0] is model  # the same body: not validated again
-    # Kopf stores a changed body as a new object (same name, even the same resourceVersion here).
-    controller.attach({}, {KEY: [body("Succeeded")]}, {})
-    [changed], _ = controller._trials_of(KEY)
-    assert changed is not model and changed.status.phase == "Succeeded"
+    assert _trial_model("ml", "digits-1", malformed) is None
+    assert "ignoring malformed Trial ml/digits-1" in caplog.text
 
 
 class SlowEventsClient:

@@ -326,6 +326,10 @@ def advance_trial(
 # --------------------------------------------------------------------------- the job
 
 
+def _by_index(trial: Trial) -> int:
+    return trial.spec.index
+
+
 def _counts(statuses: Sequence[TrialStatus]) -> TrialCounts:
     by_phase = Counter(s.phase for s in statuses)
     return TrialCounts(
@@ -439,7 +443,7 @@ def plan(
         return plan_invalid(job.metadata.name, job.status, generation, problem, now)
 
     spec = job.spec
-    trials = sorted(trials, key=lambda t: t.spec.index)
+    trials = sorted(trials, key=_by_index)
     pods_by_trial: dict[str, list[PodView]] = {}
     for pod in pods:
         pods_by_trial.setdefault(pod.trial, []).append(pod)
@@ -448,11 +452,15 @@ def plan(
     # A long study is mostly final trials: their status is taken as is, and only trials still
     # active, or final with pods left, are advanced (the per-trial cost stays small at 20,000).
     statuses: list[TrialStatus] = []
+    with_pods: list[Trial] = []  # in index order, for pruning
     for t in trials:
         trial_pods = pods_by_trial.get(t.metadata.name)
-        if trial_pods is None and t.status.phase in FINAL_PHASES:
-            statuses.append(t.status)
-            continue
+        if trial_pods is None:
+            if t.status.phase in FINAL_PHASES:
+                statuses.append(t.status)
+                continue
+        else:
+            with_pods.append(t)
         step = advance_trial(job, t, trial_pods or [], expected_pods, observations, now)
         statuses.append(step.status)
         result.actions.extend(step.actions)
@@ -514,7 +522,7 @@ def plan(
                             f"the job finished ({finished[1]}) while this trial was active", None)
         counts = _counts(statuses)
 
-    result.actions.extend(_prune_finished_pods(trials, pods_by_trial, settings.keep_finished_pods))
+    result.actions.extend(_prune_finished_pods(with_pods, pods_by_trial, settings.keep_finished_pods))
 
     # Trial status patches, only where something changed.
     for trial, status in zip(trials, statuses, strict=True):
@@ -533,13 +541,13 @@ def plan(
 
 
 def _prune_finished_pods(
-    trials: Sequence[Trial], pods_by_trial: dict[str, list[PodView]], keep: int | None
+    with_pods: Sequence[Trial], pods_by_trial: dict[str, list[PodView]], keep: int | None
 ) -> list[Action]:
     """Delete finished pods beyond the newest `keep`, only of trials whose final status is already stored
-    (the input status, not this plan's): a result is never lost with its pod."""
+    (the input status, not this plan's): a result is never lost with its pod. `with_pods`: the trials
+    that have pods, oldest first."""
     if keep is None:
         return []
-    with_pods = [t for t in trials if t.metadata.name in pods_by_trial]  # sorted by index: oldest first
     done = [
         pod
         for trial in with_pods

@@ -14,8 +14,9 @@ import logging
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
-from kubetune.api import GROUP, VERSION
+from kubetune.api import GROUP, VERSION, Trial
 from kubetune.controller import naming
 from kubetune.handlers.config import OperatorConfig
 from kubetune.handlers.runtime import Controller
@@ -53,7 +54,7 @@ def _slim_pod(body: Any) -> dict[str, Any]:
 
 
 def _plain(body: Any) -> dict[str, Any]:
-    # managedFields are half of a Trial's bytes and nothing reads them: the index holds every Trial.
+    # managedFields are half of an object's bytes and nothing reads them.
     metadata = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
     return {
         "apiVersion": body.get("apiVersion"),
@@ -62,6 +63,27 @@ def _plain(body: Any) -> dict[str, Any]:
         "spec": dict(body.get("spec") or {}),
         "status": dict(body.get("status") or {}),
     }
+
+
+# What the operator reads of a Trial's metadata; the rest (owner references, managedFields, ...) is
+# not kept for the thousands of Trials in the index.
+TRIAL_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "labels")
+
+
+def _trial_model(namespace: str | None, name: str, body: Any) -> Trial | None:
+    """A Trial validated once, when the watch delivers it: the index holds every Trial of every job, so
+    it keeps the model (not the body as well), and a reconcile reads models without validating again."""
+    metadata = body.get("metadata") or {}
+    slim = {
+        "metadata": {key: metadata[key] for key in TRIAL_METADATA if key in metadata},
+        "spec": body.get("spec"),
+        "status": body.get("status") or {},
+    }
+    try:
+        return Trial.model_validate(slim)
+    except ValidationError as error:
+        logger.warning("ignoring malformed Trial %s/%s: %s", namespace, name, error)
+        return None
 
 
 async def _wait_for_crds(client: KubeClient) -> None:
@@ -130,8 +152,9 @@ def build_registry(
         return {(namespace, name): _plain(body)}
 
     @kopf.index(GROUP, VERSION, "trials", labels=CHILD_LABELS, id="trials", registry=registry)
-    def trials(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-        return {(namespace, labels[naming.LABEL_JOB]): _plain(body)}
+    def trials(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        trial = _trial_model(namespace, name, body)
+        return {(namespace, labels[naming.LABEL_JOB]): trial} if trial is not None else {}
 
     @kopf.index("", "v1", "pods", labels=CHILD_LABELS, id="pods", registry=registry)
     def pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,7 +85,6 @@ class Controller:
         self._expected: dict[Key, dict[str, float]] = {}
         self._terminal_seen: dict[Key, float] = {}
         self._observed: dict[Key, tuple[float, Observations]] = {}  # the last Prometheus answer per job
-        self._parsed: dict[Key, dict[int, tuple[dict[str, Any], Trial]]] = {}  # id(body) -> (body, model)
         self._seen_terminal_pods: set[str] = set()
         self._deleted_finished: dict[Key, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -205,17 +204,17 @@ class Controller:
             del expected[name]
         return frozenset(expected)
 
-    def _deleted_pods(self, key: Key, present: set[str], settled: set[str]) -> list[dict[str, Any]]:
+    def _deleted_pods(self, key: Key, present: set[str], active: Container[str]) -> list[dict[str, Any]]:
         """The kept finished pods still needed: not back in the watch, not expired, and of a trial whose
-        result is not recorded yet (`settled` trials; so pods the operator prunes itself are not kept)."""
+        result is not recorded yet (an `active` trial; so pods the operator prunes itself are not kept)."""
         now = time.monotonic()
         deleted = self._deleted_finished.get(key, {})
         for name in [n for n, (expiry, body) in deleted.items()
-                     if n in present or expiry < now or _trial_of(body) in settled]:
+                     if n in present or expiry < now or _trial_of(body) not in active]:
             del deleted[name]
         return [body for _, body in deleted.values()]
 
-    async def _behind_the_watch(self, key: Key, trials: list[Trial], present: set[str]) -> frozenset[str]:
+    async def _behind_the_watch(self, key: Key, active: Iterable[Trial], present: set[str]) -> frozenset[str]:
         """Current pods that the watch has not shown yet but the API server has.
 
         A trial's current pod missing from the watch is lost only if the API server agrees: another
@@ -224,11 +223,7 @@ class Controller:
         """
         namespace = key[0]
         expected = self._expected.get(key, {})
-        missing = [
-            naming.pod_name(t.metadata.name, t.status.attempts)
-            for t in trials
-            if t.status.attempts and t.status.phase not in FINAL_PHASES
-        ]
+        missing = [naming.pod_name(t.metadata.name, t.status.attempts) for t in active if t.status.attempts]
         found: set[str] = set()
         for pod in missing:
             if pod in present or pod in expected:
@@ -241,28 +236,6 @@ class Controller:
         deadline = time.monotonic() + EXPECTATION_SECONDS
         self._expected.setdefault(key, {}).update({pod: deadline for pod in found})
         return frozenset(found)
-
-    def _trials_of(self, key: Key) -> tuple[list[Trial], dict[str, dict[str, Any]]]:
-        """The job's Trials as models, and their watched bodies by name.
-
-        Validating every Trial on every reconcile would cost O(trials). Kopf's index keeps an
-        unchanged body as the same object (a changed one is a new dict), so a model is reused for as
-        long as its body is; the bodies are held here too, so their ids are never reused meanwhile.
-        """
-        parsed = self._parsed.get(key, {})
-        still: dict[int, tuple[dict[str, Any], Trial]] = {}
-        for raw in self.trials.get(key, ()):
-            cached = parsed.get(id(raw))
-            if cached is None or cached[0] is not raw:
-                try:
-                    cached = (raw, Trial.model_validate(raw))
-                except ValidationError as error:
-                    name = (raw.get("metadata") or {}).get("name")
-                    logger.warning("ignoring malformed Trial %s/%s: %s", key[0], name, error)
-                    continue
-            still[id(raw)] = cached
-        self._parsed[key] = still
-        return [trial for _, trial in still.values()], {trial.metadata.name: raw for raw, trial in still.values()}
 
     async def reconcile(self, key: Key) -> None:
         namespace, name = key
@@ -286,18 +259,20 @@ class Controller:
             await self.applier.apply(ref, invalid, lambda _: {}, lambda _: None, old_status)
             return
 
-        trials, raw_trials = self._trials_of(key)
+        # Models (the index validates each Trial once). Past this one pass, only the active trials are
+        # looked at here: a long study's finished ones cost nothing more per reconcile.
+        trials: list[Trial] = list(self.trials.get(key, ()))
+        active = {t.metadata.name: t for t in trials if t.status.phase not in FINAL_PHASES}
         primary = job.spec.trial_template.primary_container_name
         raw_pods = list(self.pods.get(key, ()))
         if self._deleted_finished.get(key):
-            settled = {t.metadata.name for t in trials if t.status.phase in FINAL_PHASES}
             present_pods = {str((p.get("metadata") or {}).get("name")) for p in raw_pods}
-            raw_pods += self._deleted_pods(key, present_pods, settled)
+            raw_pods += self._deleted_pods(key, present_pods, active.keys())
         pods = [v for v in (pod_view(p, primary) for p in raw_pods) if v is not None]
         present = {p.name for p in pods}
-        expected = self._expected_pods(key, present) | await self._behind_the_watch(key, trials, present)
+        expected = self._expected_pods(key, present) | await self._behind_the_watch(key, active.values(), present)
 
-        observations = await self._observe(key, job, trials, pods)
+        observations = await self._observe(key, job, list(active), pods)  # names of the unfinished
 
         suggest_started = time.monotonic()
         result = await asyncio.get_running_loop().run_in_executor(
@@ -309,23 +284,23 @@ class Controller:
         applied = await self.applier.apply(
             ref,
             result,
-            lambda trial: dict(raw_trials.get(trial, {}).get("status") or {}),
-            lambda trial: (raw_trials.get(trial, {}).get("metadata") or {}).get("uid"),
+            # Only active trials get status patches and Events (a final status never changes).
+            lambda trial: active[trial].status.to_wire() if trial in active else {},
+            lambda trial: active[trial].metadata.uid if trial in active else None,
             old_status,
         )
         deadline = time.monotonic() + EXPECTATION_SECONDS
         self._expected.setdefault(key, {}).update({pod: deadline for pod in applied.created_pods})
-        self._record_metrics(key, job, result, raw_trials, applied.created_trials)
+        self._record_metrics(key, job, result, active, applied.created_trials)
         if result.requeue_after is not None:
             self.enqueue_after(key, result.requeue_after)
         if applied.errors:
             raise RuntimeError(f"{len(applied.errors)} API call(s) failed; first: {applied.errors[0]}")
 
-    async def _observe(self, key: Key, job: TuningJob, trials: list[Trial], pods: list[PodView]) -> Observations:
+    async def _observe(self, key: Key, job: TuningJob, unfinished: list[str], pods: list[PodView]) -> Observations:
         """Prometheus is asked only when a decision needs it: curves for early stopping at most once per
         metrics poll (pod events in between reuse the last answer), and curves and finals of a trial whose
         pod just finished (its learning curve is recorded in the Trial even without early stopping)."""
-        unfinished = [t.metadata.name for t in trials if t.status.phase not in FINAL_PHASES]
         if not unfinished or self.prometheus is None and job.spec.early_stopping.rule == EarlyStoppingRule.NONE:
             return Observations()
         wants_curves = job.spec.early_stopping.rule != EarlyStoppingRule.NONE or job.spec.objective.promql
@@ -351,7 +326,7 @@ class Controller:
         return observations
 
     def _record_metrics(
-        self, key: Key, job: TuningJob, result: Any, raw_trials: dict[str, dict[str, Any]], created: int
+        self, key: Key, job: TuningJob, result: Any, active: dict[str, Trial], created: int
     ) -> None:
         namespace, name = key
         if created:
@@ -361,7 +336,7 @@ class Controller:
                 self.metrics.turnover_seconds.observe(time.monotonic() - seen)
         for action in result.actions:
             if isinstance(action, PatchTrialStatus):
-                old = (raw_trials.get(action.trial, {}).get("status") or {}).get("phase")
+                old = active[action.trial].status.phase if action.trial in active else None
                 new = action.status.get("phase")
                 if new in FINAL_PHASES and old not in FINAL_PHASES:
                     self.metrics.trials_finished.labels(namespace, name, new).inc()
@@ -385,7 +360,6 @@ class Controller:
         self._terminal_seen.pop(key, None)
         self._deleted_finished.pop(key, None)
         self._observed.pop(key, None)
-        self._parsed.pop(key, None)
         self._failures.pop(key, None)
         for gauge in (self.metrics.trials_running, self.metrics.trials_pending, self.metrics.best_objective):
             try:
