@@ -62,6 +62,7 @@ bench: venv
 bench-operator: setup
 	$(PY) benchmarks/operator_benchmark.py turnover
 	$(PY) benchmarks/operator_benchmark.py scale
+	$(PY) benchmarks/operator_benchmark.py plan
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -2,6 +2,7 @@
 
     python benchmarks/operator_benchmark.py turnover   # issue 4: 20 jobs x 10 parallel short trials
     python benchmarks/operator_benchmark.py scale      # issue 6: one 20,000-trial job, then 200 jobs at once
+    python benchmarks/operator_benchmark.py plan       # one reconcile's pure part (no cluster) vs history size
 
 Each command starts its own dev cluster (real etcd, kube-apiserver, scheduler, controller-manager,
 node agent) in a temporary home, runs the operator as a real process (`python -m
@@ -547,6 +548,56 @@ def turnover(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+SPACE = [
+    {"name": "lr", "type": "float", "min": 1e-5, "max": 1.0, "log": True},
+    {"name": "batch_size", "type": "int", "min": 16, "max": 128, "step": 16},
+    {"name": "optimizer", "type": "categorical", "values": ["sgd", "adam"]},
+]
+
+
+def plan_cost(args: argparse.Namespace) -> dict[str, Any]:
+    """The pure part of one reconcile - `planner.plan` with the real search engine - for a job after n
+    finished trials with one slot just freed (parallelism - 1 running), so each plan asks the engine
+    for one suggestion, as the reconcile after a trial finishes does in the one-job scale run. The models
+    persist between reconciles as in the operator (its watch cache keeps them), so each size is
+    planned once to warm up, then timed `repeat` times; the ratio is over the smallest size."""
+    from kubetune.api import Trial, TuningJob
+    from kubetune.controller.engine import SearchEngine
+    from kubetune.controller.observe import pod_view
+    from kubetune.controller.planner import Observations, PlannerSettings, plan
+
+    engine, now = SearchEngine(), datetime.now(UTC)
+    manifest = job_manifest("big", max(args.sizes) + args.parallelism, args.parallelism, 0, True, 1)
+    manifest["spec"]["parameters"] += SPACE  # a study's usual kinds of knobs; x stays first
+    job = TuningJob.model_validate({**manifest, "metadata": {"name": "big", "namespace": "bench", "uid": "uid-big"}})
+    results: dict[str, Any] = {"environment": environment(), "parallelism": args.parallelism, "sizes": {}}
+    for size in args.sizes:
+        def trial(index: int, status: dict[str, Any]) -> Trial:
+            return Trial.model_validate({"metadata": {"name": f"big-{index}", "uid": f"uid-{index}"},
+                                         "spec": {"index": index, "parameters": parameters(index)},
+                                         "status": status})
+        def parameters(index: int) -> dict[str, Any]:
+            return {"x": (index * 0.618) % 1.0, "lr": 10 ** -(1 + index % 4), "batch_size": 16 * (1 + index % 8),
+                    "optimizer": ("sgd", "adam")[index % 2]}
+
+        trials = [trial(i, {"phase": "Succeeded", "attempts": 1, "objective": (i * 0.618) % 1.0,
+                            "metrics": {"loss": (i * 0.618) % 1.0}}) for i in range(size)]
+        running = args.parallelism - 1
+        trials += [trial(size + i, {"phase": "Running", "attempts": 1}) for i in range(running)]
+        pods = [pod_view({"metadata": {"name": f"big-{size + i}-1", "labels": {"kubetune.io/trial": f"big-{size + i}"}},
+                          "status": {"phase": "Running"}}) for i in range(running)]
+        views = [p for p in pods if p is not None]
+        seconds = []
+        for attempt in range(args.repeat + 1):
+            started = time.perf_counter()
+            plan(job, trials, views, Observations(), now, engine, frozenset(), PlannerSettings())
+            if attempt:  # the first one fills the per-trial memos, as the operator's first reconcile does
+                seconds.append(time.perf_counter() - started)
+        results["sizes"][size] = summary(seconds)
+        log(f"{size} finished trials: median {results['sizes'][size]['p50'] * 1000:.1f} ms")
+    return results
+
+
 def scale(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"environment": environment()}
     with bench_cluster(max(1000, args.many_jobs * args.many_parallelism * 2), args.operator_env) as bench:
@@ -596,6 +647,14 @@ def markdown(command: str, results: dict[str, Any]) -> str:
                     + ("-" if is_floor else f"{run['operator_peak_rss_mib']:.0f} MiB") + " | "
                     + f"{run.get('peak_running_pods', run.get('peak_running'))} |")
         return "\n".join(lines)
+    if command == "plan":
+        sizes = results["sizes"]
+        smallest = sizes[min(sizes, key=int)]["p50"]
+        lines += [f"| finished trials (+ {results['parallelism'] - 1} running) | plan() median | p90 "
+                  "| ratio over the smallest |", "| --- | --- | --- | --- |"]
+        lines += [f"| {int(size):,} | {run['p50'] * 1000:.1f} ms | {run['p90'] * 1000:.1f} ms "
+                  f"| {run['p50'] / smallest:.0f}x |" for size, run in sizes.items()]
+        return "\n".join(lines)
     lines += ["| run | trials | time | trials/s | turnover p50 first 10 % | last 10 % | p99 first 10 % | last 10 % "
               "| API req./trial | CPU s/trial | RSS first / last sample | peak RSS | status bytes | peak running "
               "| pods left |", "|" + " --- |" * 15]
@@ -638,6 +697,10 @@ def main(argv: list[str] | None = None) -> int:
     for command in (one, two):
         command.add_argument("--operator-env", action="append", default=[], metavar="NAME=VALUE",
                              help="extra operator setting, e.g. KUBETUNE_WORKERS=16 (repeatable)")
+    three = commands.add_parser("plan", help="issue 6: one reconcile's pure part against the history size")
+    three.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000, 20_000])
+    three.add_argument("--parallelism", type=int, default=20)
+    three.add_argument("--repeat", type=int, default=9)
     floor = commands.add_parser("floor-client", help="(internal) the baseline controller")
     for name in ("--kubeconfig", "--namespace"):
         floor.add_argument(name, required=True)
@@ -651,10 +714,11 @@ def main(argv: list[str] | None = None) -> int:
         return floor_client(args)
     if args.command == "report":
         results = json.loads(args.results.read_text())
-        print(markdown("turnover" if "rounds" in results else "scale", results))
+        kind = "turnover" if "rounds" in results else "plan" if "sizes" in results else "scale"
+        print(markdown(kind, results))
         return 0
     OUT.mkdir(exist_ok=True)
-    results = turnover(args) if args.command == "turnover" else scale(args)
+    results = {"turnover": turnover, "scale": scale, "plan": plan_cost}[args.command](args)
     target = OUT / f"operator_{args.command}.json"
     target.write_text(json.dumps(results, indent=2))
     print(markdown(args.command, results))
