@@ -4,6 +4,7 @@ before a reconcile read them, and job status writes that never drop another writ
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from kubetune.api import Trial, TuningJobStatus
@@ -192,3 +193,32 @@ def test_events_are_posted_in_the_background_and_a_refused_one_is_no_reconcile_e
     result, before, posted = asyncio.run(scenario())
     assert result.errors == [] and before == []
     assert posted.count("refused") == 1 and len(set(posted) - {"refused"}) == 2  # the others all posted
+
+
+def test_a_status_change_of_counters_only_is_written_at_most_once_a_second() -> None:
+    def status(running: int, finished: int, **extra: Any) -> TuningJobStatus:
+        return TuningJobStatus.model_validate({
+            "phase": "Running", "progress": f"{finished}/12", "counts": {"running": running, "succeeded": finished},
+            "conditions": [{"type": "Running", "status": "True", "reason": "TrialsActive",
+                            "message": f"{running} trial(s) active, {finished} finished",
+                            "lastTransitionTime": "2026-11-29T00:00:00Z"}], **extra})
+
+    async def scenario() -> list[bool]:
+        controller = Controller(OperatorConfig(), PodsClient(set()))  # type: ignore[arg-type]
+        written = []
+        best = {"bestTrial": {"name": "digits-1", "index": 1, "objective": 0.9, "parameters": {}}}
+        old = status(3, 0).to_wire()
+        for new in (status(3, 1), status(3, 2), status(3, 2, **best), status(3, 3, **best)):
+            plan = Plan(status=new)
+            controller._defer_counters(KEY, old, plan)
+            written.append(plan.status is not None)
+            if plan.status is not None:
+                controller._status_written[KEY] = time.monotonic()
+            old = new.to_wire() if plan.status is not None else old
+        held = KEY in controller._timers  # a reconcile is due when the interval is over
+        controller._timers[KEY].cancel()
+        return [*written, held]
+
+    # The first write goes out; counters alone within the second wait (and a reconcile is set for
+    # the end of it); a new best trial goes out at once; counters right after wait again.
+    assert asyncio.run(scenario()) == [True, False, True, False, True]

@@ -30,6 +30,7 @@ from kubetune.controller.planner import (
     Engine,
     Observations,
     PatchTrialStatus,
+    Plan,
     PlannerSettings,
     plan,
     plan_invalid,
@@ -46,6 +47,8 @@ Key = tuple[str, str]  # (namespace, job name)
 EXPECTATION_SECONDS = 60.0
 # How long a finished pod that was deleted stands in for itself (see pod_event).
 DELETED_POD_SECONDS = 300.0
+# A job status that changed only in its counters is written at most this often (see _defer_counters).
+COUNTERS_WRITE_SECONDS = 1.0
 
 
 def _first(store: Iterable[Any] | None) -> Any:
@@ -85,6 +88,7 @@ class Controller:
         self._expected: dict[Key, dict[str, float]] = {}
         self._terminal_seen: dict[Key, float] = {}
         self._observed: dict[Key, tuple[float, Observations]] = {}  # the last Prometheus answer per job
+        self._status_written: dict[Key, float] = {}
         self._seen_terminal_pods: set[str] = set()
         self._deleted_finished: dict[Key, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -281,6 +285,7 @@ class Controller:
         if result.suggested:
             self.metrics.suggestion_seconds.observe(time.monotonic() - suggest_started)
 
+        self._defer_counters(key, old_status, result)
         applied = await self.applier.apply(
             ref,
             result,
@@ -289,6 +294,8 @@ class Controller:
             lambda trial: active[trial].metadata.uid if trial in active else None,
             old_status,
         )
+        if result.status is not None:
+            self._status_written[key] = time.monotonic()
         deadline = time.monotonic() + EXPECTATION_SECONDS
         self._expected.setdefault(key, {}).update({pod: deadline for pod in applied.created_pods})
         self._record_metrics(key, job, result, active, applied.created_trials)
@@ -296,6 +303,20 @@ class Controller:
             self.enqueue_after(key, result.requeue_after)
         if applied.errors:
             raise RuntimeError(f"{len(applied.errors)} API call(s) failed; first: {applied.errors[0]}")
+
+    def _defer_counters(self, key: Key, old_status: dict[str, Any], result: Plan) -> None:
+        """Hold back a job status that changed only in its counters (trial counts, progress, the
+        Running condition's message) if one was written less than COUNTERS_WRITE_SECONDS ago, like the
+        Job controller batches its syncs: a busy job would otherwise write its status on every
+        reconcile. Phase, conditions, best trial and messages are written at once. The status is
+        derived from the Trials, so the reconcile enqueued for the end of the interval writes the
+        counts of that moment."""
+        if result.status is None or _gist(result.status.to_wire()) != _gist(old_status):
+            return
+        wait = self._status_written.get(key, -COUNTERS_WRITE_SECONDS) + COUNTERS_WRITE_SECONDS - time.monotonic()
+        if wait > 0:
+            result.status = None
+            self.enqueue_after(key, wait)
 
     async def _observe(self, key: Key, job: TuningJob, unfinished: list[str], pods: list[PodView]) -> Observations:
         """Prometheus is asked only when a decision needs it: curves for early stopping at most once per
@@ -360,12 +381,20 @@ class Controller:
         self._terminal_seen.pop(key, None)
         self._deleted_finished.pop(key, None)
         self._observed.pop(key, None)
+        self._status_written.pop(key, None)
         self._failures.pop(key, None)
         for gauge in (self.metrics.trials_running, self.metrics.trials_pending, self.metrics.best_objective):
             try:
                 gauge.remove(namespace, name)
             except KeyError:
                 pass
+
+
+def _gist(status: dict[str, Any]) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
+    """A job status without its counters: what a client acts on."""
+    conditions = [(c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or []]
+    rest = {k: v for k, v in status.items() if k not in ("counts", "progress", "conditions") and v is not None}
+    return conditions, rest
 
 
 def _trial_of(pod: dict[str, Any]) -> str:
