@@ -694,6 +694,7 @@ class Trial(KubeModel):
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: TrialSpec
     status: TrialStatus = Field(default_factory=TrialStatus)
-    # What the planner derives from a final Trial, kept with the model: the operator keeps one model per
-    # resourceVersion, so a long study's finished trials are not derived again on every reconcile.
+    # What the planner derives from a final Trial, kept with the model: the operator's watch cache keeps
+    # a Trial's model until the Trial changes, so a long study's finished trials are not derived again
+    # on every reconcile.
     _derived: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -23,7 +23,6 @@ from pydantic import ValidationError
 from kubetune.api import EarlyStoppingRule, Trial, TuningJob, TuningJobStatus
 from kubetune.controller import naming
 from kubetune.controller.engine import SearchEngine
-from kubetune.controller.naming import LABEL_TRIAL
 from kubetune.controller.observe import PodView, pod_view
 from kubetune.controller.planner import (
     FINAL_PHASES,
@@ -398,7 +397,7 @@ def _gist(status: dict[str, Any]) -> tuple[list[tuple[Any, ...]], dict[str, Any]
 
 
 def _trial_of(pod: dict[str, Any]) -> str:
-    return str(((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_TRIAL, ""))
+    return str(((pod.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_TRIAL, ""))
 
 
 def _validation_message(error: ValidationError) -> str:
