@@ -558,11 +558,13 @@ SPACE = [
 def plan_cost(args: argparse.Namespace) -> dict[str, Any]:
     """The pure part of one reconcile - `planner.plan` with the real search engine - for a job after n
     finished trials with one slot just freed (parallelism - 1 running), so each plan asks the engine
-    for one suggestion, as the reconcile after a trial finishes does in the one-job scale run. The models
-    persist between reconciles as in the operator (its watch cache keeps them), so each size is
-    planned once to warm up, then timed `repeat` times; the ratio is over the smallest size."""
+    for one suggestion, as the reconcile after a trial finishes does in the one-job scale run. As in the
+    operator, the job's ledger keeps the finished trials between reconciles and each plan is given the
+    running ones: each size is planned once with every trial (filling the ledger), then timed `repeat`
+    times; the ratio is over the smallest size."""
     from kubetune.api import Trial, TuningJob
     from kubetune.controller.engine import SearchEngine
+    from kubetune.controller.ledger import Ledger
     from kubetune.controller.observe import pod_view
     from kubetune.controller.planner import Observations, PlannerSettings, plan
 
@@ -587,11 +589,12 @@ def plan_cost(args: argparse.Namespace) -> dict[str, Any]:
         pods = [pod_view({"metadata": {"name": f"big-{size + i}-1", "labels": {"kubetune.io/trial": f"big-{size + i}"}},
                           "status": {"phase": "Running"}}) for i in range(running)]
         views = [p for p in pods if p is not None]
-        seconds = []
+        ledger, seconds = Ledger(), []
         for attempt in range(args.repeat + 1):
+            given = trials[size:] if attempt else trials  # the first one fills the ledger, as the operator's does
             started = time.perf_counter()
-            plan(job, trials, views, Observations(), now, engine, frozenset(), PlannerSettings())
-            if attempt:  # the first one fills the per-trial memos, as the operator's first reconcile does
+            plan(job, given, views, Observations(), now, engine, frozenset(), PlannerSettings(), ledger)
+            if attempt:
                 seconds.append(time.perf_counter() - started)
         results["sizes"][size] = summary(seconds)
         log(f"{size} finished trials: median {results['sizes'][size]['p50'] * 1000:.1f} ms")

@@ -18,7 +18,7 @@ import math
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "kubetune.io"
@@ -694,7 +694,3 @@ class Trial(KubeModel):
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: TrialSpec
     status: TrialStatus = Field(default_factory=TrialStatus)
-    # What the planner derives from a final Trial, kept with the model: the operator's watch cache keeps
-    # a Trial's model until the Trial changes, so a long study's finished trials are not derived again
-    # on every reconcile.
-    _derived: dict[str, Any] = PrivateAttr(default_factory=dict)

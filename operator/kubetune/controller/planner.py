@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -38,12 +38,12 @@ from kubetune.api import (
 )
 from kubetune.controller import naming
 from kubetune.controller.conditions import remove_condition, set_condition
+from kubetune.controller.ledger import FINAL_PHASES, Ledger, SettledTrial, history_entry
 from kubetune.controller.observe import PodView
 from kubetune.controller.templates import build_trial, build_trial_pod, template_placeholders
-from kubetune.search import FrozenEntry, StopDecision
+from kubetune.search import History, StopDecision
 
 Curve = list[tuple[float, float]]
-FINAL_PHASES = frozenset({TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED})
 
 
 # --------------------------------------------------------------------------- inputs
@@ -63,9 +63,10 @@ class Observations:
 
 
 class Engine(Protocol):
-    def suggest(self, spec: TuningJobSpec, history: list[Mapping[str, Any]], n: int) -> list[ParameterAssignment]: ...
+    def suggest(self, spec: TuningJobSpec, history: Sequence[Mapping[str, Any]], n: int) -> list[ParameterAssignment]:
+        ...
 
-    def stop(self, spec: TuningJobSpec, history: list[Mapping[str, Any]]) -> list[StopDecision]: ...
+    def stop(self, spec: TuningJobSpec, history: Sequence[Mapping[str, Any]]) -> list[StopDecision]: ...
 
 
 # --------------------------------------------------------------------------- actions
@@ -165,37 +166,6 @@ def validate_job(job: TuningJob) -> str | None:
     return None
 
 
-def history_entry(trial: Trial, status: TrialStatus, curve: Curve | None) -> Mapping[str, Any]:
-    """A trial as the search engine sees it: for a final trial, the same read-only entry on every
-    reconcile (the engine then parses it once)."""
-    if status is trial.status and status.phase in FINAL_PHASES:
-        derived = _derived(trial)
-        entry = derived.get("history")
-        if entry is None:
-            entry = derived["history"] = FrozenEntry(_history_entry(trial, status, None))
-        return entry
-    return _history_entry(trial, status, curve)
-
-
-def _derived(trial: Trial) -> dict[str, Any]:
-    # Trial._derived, read from pydantic's private store: the attribute hook costs ~40x more,
-    # and this runs once per trial per reconcile.
-    private = trial.__pydantic_private__
-    assert private is not None
-    return private["_derived"]  # type: ignore[no-any-return]
-
-
-def _history_entry(trial: Trial, status: TrialStatus, curve: Curve | None) -> dict[str, Any]:
-    intermediate = [list(p) for p in curve] if curve is not None else [list(p) for p in status.intermediate]
-    objective = status.objective if status.phase in (TrialPhase.SUCCEEDED, TrialPhase.EARLY_STOPPED) else None
-    return {
-        "parameters": dict(trial.spec.parameters),
-        "state": str(status.phase),
-        "objective": objective,
-        "intermediate": intermediate,
-    }
-
-
 # --------------------------------------------------------------------------- trial lifecycle
 
 
@@ -218,17 +188,9 @@ def advance_trial(
     observations: Observations,
     now: datetime,
 ) -> _TrialStep:
-    """The trial's next status from its pods, and the pod actions that go with it."""
+    """An active trial's next status from its pods, and the pod actions that go with it."""
     spec = job.spec
     name = trial.metadata.name
-    if trial.status.phase in FINAL_PHASES:
-        # Final: the status never changes (so it is not copied: thousands of these per plan). A pod
-        # still running (stopped trial, finished job) is stopped.
-        step = _TrialStep(status=trial.status)
-        for pod in pods:
-            if not pod.terminal and not pod.deleting:
-                step.actions.append(DeletePod(pod.name, f"trial {name} is {trial.status.phase}"))
-        return step
     status = trial.status.model_copy(deep=True)
     step = _TrialStep(status=status)
 
@@ -330,10 +292,11 @@ def _by_index(trial: Trial) -> int:
     return trial.spec.index
 
 
-def _counts(statuses: Sequence[TrialStatus]) -> TrialCounts:
-    by_phase = Counter(s.phase for s in statuses)
+def _counts(ledger: Ledger, statuses: Sequence[TrialStatus]) -> TrialCounts:
+    """The settled trials' counts plus the active ones' (by their statuses in this plan)."""
+    by_phase = ledger.counts + Counter(s.phase for s in statuses)
     return TrialCounts(
-        created=len(statuses),
+        created=len(ledger) + len(statuses),
         pending=by_phase[TrialPhase.PENDING],
         running=by_phase[TrialPhase.RUNNING],
         succeeded=by_phase[TrialPhase.SUCCEEDED],
@@ -342,27 +305,41 @@ def _counts(statuses: Sequence[TrialStatus]) -> TrialCounts:
     )
 
 
-def _best(job: TuningJob, trials: Sequence[Trial], statuses: Sequence[TrialStatus]) -> BestTrial | None:
+def _best(
+    job: TuningJob, ledger: Ledger, active: Sequence[Trial], statuses: Sequence[TrialStatus]
+) -> BestTrial | None:
     """The succeeded trial with the best objective; the earliest among equals."""
     objective = job.spec.objective
-    best: int | None = None
-    best_value = 0.0
+    settled = ledger.best(objective.goal)
+    best: tuple[float, int] | None = (settled.objective, settled.index) if settled and settled.objective is not None \
+        else None
+    chosen: int | None = None  # position in `active` when an active trial beats the settled best
     for i, status in enumerate(statuses):
-        value = status.objective
-        if value is not None and status.phase == TrialPhase.SUCCEEDED and (
-            best is None or objective.is_better(value, best_value)
-        ):
-            best, best_value = i, value
-    if best is None:
-        return None
-    trial, status = trials[best], statuses[best]
+        value, index = status.objective, active[i].spec.index
+        if value is None or status.phase != TrialPhase.SUCCEEDED:
+            continue
+        if best is None or objective.is_better(value, best[0]) or (value == best[0] and index < best[1]):
+            best, chosen = (value, index), i
+    if chosen is None:
+        return settled.best_trial() if settled is not None else None
+    trial, status = active[chosen], statuses[chosen]
+    assert status.objective is not None
     return BestTrial(
         name=trial.metadata.name,
         index=trial.spec.index,
-        objective=best_value,
+        objective=status.objective,
         parameters=dict(trial.spec.parameters),
         metrics=dict(status.metrics),
     )
+
+
+def _last_failure(ledger: Ledger, active: Sequence[Trial], statuses: Sequence[TrialStatus]) -> str | None:
+    """The failure of the failed trial with the highest index."""
+    failed = [(t.spec.index, f"{s.reason}: {s.message}") for t, s in zip(active, statuses, strict=True)
+              if s.phase == TrialPhase.FAILED]
+    if ledger.last_failed is not None:
+        failed.append((ledger.last_failed.index, ledger.last_failed.failure or ""))
+    return max(failed)[1] if failed else None
 
 
 def _finish_reason(
@@ -435,72 +412,84 @@ def plan(
     engine: Engine,
     expected_pods: frozenset[str] = frozenset(),
     settings: PlannerSettings = PlannerSettings(),
+    ledger: Ledger | None = None,
 ) -> Plan:
-    """Everything the operator should do for `job` now."""
+    """Everything the operator should do for `job` now.
+
+    `ledger`: the job's final trials as kept between reconciles (the operator passes only active
+    trials besides it); final trials in `trials` are added to it. Without one, `trials` are all."""
     problem = validate_job(job)
     generation = job.metadata.generation
     if problem is not None:
         return plan_invalid(job.metadata.name, job.status, generation, problem, now)
 
     spec = job.spec
-    trials = sorted(trials, key=_by_index)
+    ledger = ledger if ledger is not None else Ledger()
+    active: list[Trial] = []
+    for t in trials:
+        if t.status.phase in FINAL_PHASES:
+            ledger.add(t)
+        elif t.metadata.name not in ledger:  # a final trial stays final (a stale copy may still be active)
+            active.append(t)
+    active.sort(key=_by_index)
     pods_by_trial: dict[str, list[PodView]] = {}
     for pod in pods:
         pods_by_trial.setdefault(pod.trial, []).append(pod)
 
     result = Plan()
-    # A long study is mostly final trials: their status is taken as is, and only trials still
-    # active, or final with pods left, are advanced (the per-trial cost stays small at 20,000).
+    # Only active trials are advanced: a long study's final ones are the ledger's totals.
     statuses: list[TrialStatus] = []
-    with_pods: list[Trial] = []  # in index order, for pruning
-    for t in trials:
-        trial_pods = pods_by_trial.get(t.metadata.name)
-        if trial_pods is None:
-            if t.status.phase in FINAL_PHASES:
-                statuses.append(t.status)
-                continue
-        else:
-            with_pods.append(t)
-        step = advance_trial(job, t, trial_pods or [], expected_pods, observations, now)
+    for t in active:
+        step = advance_trial(job, t, pods_by_trial.get(t.metadata.name, []), expected_pods, observations, now)
         statuses.append(step.status)
         result.actions.extend(step.actions)
+    settled_with_pods = sorted((r for r in map(ledger.get, pods_by_trial) if r is not None), key=_record_index)
+    for record in settled_with_pods:  # a pod still running (stopped trial, finished job) is stopped
+        for pod in pods_by_trial[record.name]:
+            if not pod.terminal and not pod.deleting:
+                result.actions.append(DeletePod(pod.name, f"trial {record.name} is {record.phase}"))
 
-    def build_history() -> list[Mapping[str, Any]]:
+    waiting = ledger.settle_before(active[0].spec.index if active else None)
+
+    def build_history() -> tuple[History, dict[int, int]]:
+        """The history in index order (settled part, then the rest) and each active trial's position."""
         curves = observations.curves
-        return [
-            history_entry(t, s, curves.get(t.metadata.name) if s.phase == TrialPhase.RUNNING else None)
-            for t, s in zip(trials, statuses, strict=True)
-        ]
+        items: list[tuple[int, Mapping[str, Any], int | None]] = [(r.index, r.entry, None) for r in waiting]
+        for i, (t, s) in enumerate(zip(active, statuses, strict=True)):
+            curve = curves.get(t.metadata.name) if s.phase == TrialPhase.RUNNING else None
+            items.append((t.spec.index, history_entry(t.spec.parameters, s, curve), i))
+        items.sort(key=lambda item: item[0])
+        start = len(ledger.history)
+        positions = {start + p: i for p, (_, _, i) in enumerate(items) if i is not None}
+        return History(ledger.history, [entry for _, entry, _ in items]), positions
 
     # Early stopping: running trials against everyone's curves.
     rule_on = spec.early_stopping.rule != EarlyStoppingRule.NONE
     if rule_on and observations.available and any(s.phase == TrialPhase.RUNNING for s in statuses):
-        for verdict in engine.stop(spec, build_history()):
-            if not 0 <= verdict.index < len(trials) or statuses[verdict.index].phase != TrialPhase.RUNNING:
+        history, positions = build_history()
+        for verdict in engine.stop(spec, history):
+            i = positions.get(verdict.index)
+            if i is None or statuses[i].phase != TrialPhase.RUNNING:
                 continue
             if not math.isfinite(verdict.value):  # a curve of NaNs: nothing JSON can record
                 continue
-            _stop_trial(result, trials[verdict.index], statuses[verdict.index], pods_by_trial,
-                        observations, now, "EarlyStopped",
-                        _stop_message(spec, verdict),
-                        verdict.to_status())
+            _stop_trial(result, active[i], statuses[i], pods_by_trial, observations, now, "EarlyStopped",
+                        _stop_message(spec, verdict), verdict.to_status())
 
     # The job as a whole.
     start = _parse_time(job.status.start_time) or now
-    counts = _counts(statuses)
-    best = _best(job, trials, statuses)
-    failures = [s for s in statuses if s.phase == TrialPhase.FAILED]
-    last_failure = f"{failures[-1].reason}: {failures[-1].message}" if failures else None
+    counts = _counts(ledger, statuses)
+    best = _best(job, ledger, active, statuses)
+    last_failure = _last_failure(ledger, active, statuses)
     finished = _finish_reason(job, counts, best, last_failure, start, now, exhausted=False)
 
     if finished is None and not spec.suspend:
-        active = counts.pending + counts.running
-        slots = min(spec.budget.parallelism - active, spec.budget.max_trials - counts.created)
+        in_flight = counts.pending + counts.running
+        slots = min(spec.budget.parallelism - in_flight, spec.budget.max_trials - counts.created)
         if slots > 0:
-            history = build_history()
-            suggestions = engine.suggest(spec, history, slots)
+            suggestions = engine.suggest(spec, build_history()[0], slots)
             result.suggested = slots
-            next_index = trials[-1].spec.index + 1 if trials else 0
+            next_index = max(ledger.max_index, active[-1].spec.index if active else -1) + 1
             for offset, parameters in enumerate(suggestions):
                 index = next_index + offset
                 manifest = build_trial(job, index, parameters)
@@ -516,17 +505,17 @@ def plan(
 
     if finished is not None:
         # The job is over: nothing keeps running on its behalf.
-        for i, status in enumerate(statuses):
+        for t, status in zip(active, statuses, strict=True):
             if status.phase in (TrialPhase.PENDING, TrialPhase.RUNNING):
-                _stop_trial(result, trials[i], status, pods_by_trial, observations, now, "JobFinished",
+                _stop_trial(result, t, status, pods_by_trial, observations, now, "JobFinished",
                             f"the job finished ({finished[1]}) while this trial was active", None)
-        counts = _counts(statuses)
+        counts = _counts(ledger, statuses)
 
-    result.actions.extend(_prune_finished_pods(with_pods, pods_by_trial, settings.keep_finished_pods))
+    result.actions.extend(_prune_finished_pods(settled_with_pods, pods_by_trial, settings.keep_finished_pods))
 
     # Trial status patches, only where something changed.
-    for trial, status in zip(trials, statuses, strict=True):
-        if status is not trial.status and status.to_wire() != trial.status.to_wire():
+    for trial, status in zip(active, statuses, strict=True):
+        if status.to_wire() != trial.status.to_wire():
             result.actions.append(PatchTrialStatus(trial.metadata.name, status.to_wire()))
 
     result.status = _job_status(job, counts, best, finished, observations, start, now)
@@ -540,19 +529,22 @@ def plan(
     return result
 
 
+def _record_index(record: SettledTrial) -> int:
+    return record.index
+
+
 def _prune_finished_pods(
-    with_pods: Sequence[Trial], pods_by_trial: dict[str, list[PodView]], keep: int | None
+    settled: Iterable[SettledTrial], pods_by_trial: dict[str, list[PodView]], keep: int | None
 ) -> list[Action]:
     """Delete finished pods beyond the newest `keep`, only of trials whose final status is already stored
-    (the input status, not this plan's): a result is never lost with its pod. `with_pods`: the trials
-    that have pods, oldest first."""
+    (settled, not just final in this plan): a result is never lost with its pod. `settled`: the settled
+    trials that have pods, oldest first."""
     if keep is None:
         return []
     done = [
         pod
-        for trial in with_pods
-        if trial.status.phase in FINAL_PHASES
-        for pod in sorted(pods_by_trial[trial.metadata.name], key=lambda p: p.attempt)
+        for record in settled
+        for pod in sorted(pods_by_trial[record.name], key=lambda p: p.attempt)
         if pod.terminal and not pod.deleting
     ]
     surplus = done[: max(0, len(done) - keep)]

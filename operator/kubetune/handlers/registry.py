@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from kubetune.api import GROUP, VERSION, Trial
 from kubetune.controller import naming
+from kubetune.controller.ledger import FINAL_PHASES
 from kubetune.handlers.config import OperatorConfig
 from kubetune.handlers.runtime import Controller
 from kubetune.k8s.client import Credentials, KubeClient, NotFound
@@ -152,9 +153,22 @@ def build_registry(
         return {(namespace, name): _plain(body)}
 
     @kopf.index(GROUP, VERSION, "trials", labels=CHILD_LABELS, id="trials", registry=registry)
-    def trials(namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    def trials(
+        namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, memo: Any, **_: Any
+    ) -> dict[Any, Any]:
+        """Active Trials stay in Kopf's index; a final one goes to its job's ledger instead (a compact
+        record), so a long study's reconcile and memory do not carry thousands of finished models."""
+        key = (namespace or "", labels[naming.LABEL_JOB])
+        controller: Controller = memo["controller"]
+        if (body.get("status") or {}).get("phase") in FINAL_PHASES and controller.is_settled(key, name):
+            return {}  # the same final Trial again (a re-listing): nothing new
         trial = _trial_model(namespace, name, body)
-        return {(namespace, labels[naming.LABEL_JOB]): trial} if trial is not None else {}
+        if trial is None:
+            return {}
+        if trial.status.phase in FINAL_PHASES:
+            controller.settled(key, trial)
+            return {}
+        return {key: trial}
 
     @kopf.index("", "v1", "pods", labels=CHILD_LABELS, id="pods", registry=registry)
     def pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
@@ -170,8 +184,14 @@ def build_registry(
         controller_of(memo, kwargs).enqueue((namespace or "", name))
 
     @kopf.on.event(GROUP, VERSION, "trials", labels=CHILD_LABELS, registry=registry)
-    def trial_event(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
-        controller_of(memo, kwargs).enqueue((namespace or "", labels[naming.LABEL_JOB]))
+    def trial_event(
+        namespace: str | None, name: str, labels: kopf.Labels, type: str, memo: Any, **kwargs: Any
+    ) -> None:
+        key = (namespace or "", labels[naming.LABEL_JOB])
+        controller = controller_of(memo, kwargs)
+        if type == "DELETED":
+            controller.trial_deleted(key, name)
+        controller.enqueue(key)
 
     @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, registry=registry)
     def pod_event(

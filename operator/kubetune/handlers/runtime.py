@@ -23,9 +23,9 @@ from pydantic import ValidationError
 from kubetune.api import EarlyStoppingRule, Trial, TuningJob, TuningJobStatus
 from kubetune.controller import naming
 from kubetune.controller.engine import SearchEngine
+from kubetune.controller.ledger import FINAL_PHASES, Ledger
 from kubetune.controller.observe import PodView, pod_view
 from kubetune.controller.planner import (
-    FINAL_PHASES,
     Engine,
     Observations,
     PatchTrialStatus,
@@ -74,10 +74,14 @@ class Controller:
             metrics_poll_seconds=config.metrics_poll_seconds,
             keep_finished_pods=config.keep_finished_pods if config.keep_finished_pods >= 0 else None,
         )
-        # Kopf's live indices, attached by the first handler call.
+        # Kopf's live indices, attached by the first handler call. The Trial index holds active Trials
+        # only: final ones go to their job's ledger (see settled).
         self.jobs: Mapping[Key, Any] = {}
         self.trials: Mapping[Key, Any] = {}
         self.pods: Mapping[Key, Any] = {}
+        self._ledgers: dict[Key, Ledger] = {}
+        self._arrived: dict[Key, list[Trial]] = {}  # final Trials seen since the job's last reconcile
+        self._departed: dict[Key, set[str]] = {}  # and deleted ones
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
@@ -158,6 +162,29 @@ class Controller:
             self._seen_terminal_pods.add(name)
             self._terminal_seen.setdefault(key, time.monotonic())
         self.enqueue(key)
+
+    def settled(self, key: Key, trial: Trial) -> None:
+        """A final Trial from the watch: folded into its job's ledger when the job is next reconciled
+        (a reconcile may be planning with the ledger now, in another thread)."""
+        self._arrived.setdefault(key, []).append(trial)
+
+    def is_settled(self, key: Key, name: str) -> bool:
+        """Whether a final Trial of this name is in the job's ledger already (so a re-listing need not
+        validate it again)."""
+        ledger = self._ledgers.get(key)
+        return ledger is not None and name in ledger
+
+    def trial_deleted(self, key: Key, name: str) -> None:
+        self._departed.setdefault(key, set()).add(name)
+
+    def _ledger(self, key: Key) -> Ledger:
+        """The job's ledger with the Trials the watch showed final or deleted since the last reconcile."""
+        ledger = self._ledgers.setdefault(key, Ledger())
+        for name in self._departed.pop(key, ()):
+            ledger.remove(name)
+        for trial in sorted(self._arrived.pop(key, ()), key=lambda t: t.spec.index):
+            ledger.add(trial)
+        return ledger
 
     async def _worker(self) -> None:
         while True:
@@ -262,10 +289,11 @@ class Controller:
             await self.applier.apply(ref, invalid, lambda _: {}, lambda _: None, old_status)
             return
 
-        # Models (the index validates each Trial once). Past this one pass, only the active trials are
-        # looked at here: a long study's finished ones cost nothing more per reconcile.
-        trials: list[Trial] = list(self.trials.get(key, ()))
-        active = {t.metadata.name: t for t in trials if t.status.phase not in FINAL_PHASES}
+        # The active Trials' models (the index validates each Trial once) and the final ones' ledger: a
+        # long study's finished trials cost nothing more per reconcile.
+        ledger = self._ledger(key)
+        trials: list[Trial] = [t for t in self.trials.get(key, ()) if t.metadata.name not in ledger]
+        active = {t.metadata.name: t for t in trials}
         primary = job.spec.trial_template.primary_container_name
         raw_pods = list(self.pods.get(key, ()))
         if self._deleted_finished.get(key):
@@ -279,7 +307,8 @@ class Controller:
 
         suggest_started = time.monotonic()
         result = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: plan(job, trials, pods, observations, now, self.engine, expected, self.planner_settings)
+            None,
+            lambda: plan(job, trials, pods, observations, now, self.engine, expected, self.planner_settings, ledger),
         )
         if result.suggested:
             self.metrics.suggestion_seconds.observe(time.monotonic() - suggest_started)
@@ -377,6 +406,9 @@ class Controller:
         if timer is not None:
             timer.cancel()
         self._expected.pop(key, None)
+        self._ledgers.pop(key, None)
+        self._arrived.pop(key, None)
+        self._departed.pop(key, None)
         self._terminal_seen.pop(key, None)
         self._deleted_finished.pop(key, None)
         self._observed.pop(key, None)

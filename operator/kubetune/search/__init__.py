@@ -9,6 +9,8 @@ same inputs and seed give the same answer.
 - `stop(spec, history)` / `stop_decisions(...)`: Running trials the early-stopping rule stops now.
 - `SearchError`: bad input (a `ValueError`).
 - `FrozenEntry(entry)`: a read-only history entry (a finished trial's): parsed once, however often passed.
+- `History(settled, open)`: a long study's history as a `SettledHistory` (finished entries, grown at
+  its end, parsed once) and the open entries; a call then costs the new entries, not the whole study.
 
 Algorithms: random, grid, bayesian (own Gaussian process), tpe (Optuna),
 cmaes (the `cmaes` library), evolution (own genetic algorithm) and auto
@@ -17,7 +19,9 @@ cmaes (the `cmaes` library), evolution (own genetic algorithm) and auto
 
 from kubetune.search._engine import suggest
 from kubetune.search._errors import SearchError
-from kubetune.search._history import FrozenEntry
+from kubetune.search._history import FrozenEntry, History, SettledHistory
 from kubetune.search._stopping import StopDecision, stop, stop_decisions
 
-__all__ = ["FrozenEntry", "SearchError", "StopDecision", "stop", "stop_decisions", "suggest"]
+__all__ = [
+    "FrozenEntry", "History", "SearchError", "SettledHistory", "StopDecision", "stop", "stop_decisions", "suggest",
+]

@@ -24,11 +24,12 @@ class Context:
     spec: TuningJobSpec
     space: Space
     observations: list[Observation]
-    taken: set[Key] = field(default_factory=set)
+    taken: set[Key] = field(default_factory=set)  # tried points (the caller may pass them); grows with the wave
     accepted: list[Assignment] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.taken.update(o.key for o in self.observations if o.key is not None)
+        if not self.taken:  # empty also when passed in: then no observation has a key either
+            self.taken.update(o.key for o in self.observations if o.key is not None)
 
     @property
     def seed(self) -> int:

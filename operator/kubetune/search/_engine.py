@@ -10,7 +10,7 @@ from kubetune.api.models import AlgorithmName, BayesianSettings, TPESettings, Tu
 from kubetune.search._basic import enumerate_untried, propose_exhaustive, propose_grid, propose_random
 from kubetune.search._context import Context
 from kubetune.search._errors import SearchError
-from kubetune.search._history import parse_history
+from kubetune.search._history import parse_history_keys
 from kubetune.search._space import Assignment, Space, load_spec
 
 log = logging.getLogger(__name__)
@@ -136,9 +136,9 @@ def suggest(spec: Mapping[str, Any] | TuningJobSpec, history: object, n: int) ->
         raise SearchError(f"n must be an integer, got {n!r}")
     job = load_spec(spec)
     space = Space.from_spec(job)
-    observations = parse_history(space, job.objective.goal, history)
+    observations, tried = parse_history_keys(space, job.objective.goal, history)
     if n <= 0:
         return []
-    ctx = Context(job, space, observations)
+    ctx = Context(job, space, observations, taken=tried)
     name = choose_algorithm(ctx)
     return fill_wave(ctx, _proposer(ctx, name), n, fallback=name != "grid")

@@ -32,7 +32,7 @@ STATES = tuple(phase.value for phase in TrialPhase)
 _OPTIONAL_KEYS = {"objective", "intermediate"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observation:
     """One history entry, validated and oriented for minimisation."""
 
@@ -70,8 +70,9 @@ class FrozenEntry(Mapping[str, Any]):
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         self._data = {key: _read_only(value) for key, value in entry.items()}
-        # Its Observation per (space and goal, position in the history): they go with the entry.
-        self._parsed: dict[tuple[int, int], Observation] = {}
+        # Its Observation per (space and goal, position in the history), made on first use: they go
+        # with the entry (a SettledHistory keeps its own, so most entries never need this).
+        self._parsed: dict[tuple[int, int], Observation] | None = None
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
@@ -94,6 +95,63 @@ def _read_only(value: Any) -> Any:
     return value
 
 
+class SettledHistory:
+    """The finished start of a long study's history, grown only at its end: each entry is parsed once
+    per space and goal, so a call costs the entries added since the last one, not the whole study.
+
+    `entries[i]` is the history's position i; a caller appends an entry once the trial is final and
+    every earlier trial is too (later entries go in the `open` part of a `History`).
+    """
+
+    __slots__ = ("entries", "_parsed")
+
+    def __init__(self) -> None:
+        self.entries: list[FrozenEntry] = []
+        # Per context token: the entries' Observations so far and the keys of those at points of the space.
+        self._parsed: dict[int, tuple[list[Observation], set[Key]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def append(self, entry: Mapping[str, Any]) -> None:
+        self.entries.append(entry if isinstance(entry, FrozenEntry) else FrozenEntry(entry))
+
+    def parsed(self, space: Space | None, sign: float) -> tuple[list[Observation], set[Key]]:
+        """The entries' Observations and tried keys (shared: callers copy before changing them)."""
+        token = _context_token(space, sign)
+        if len(self._parsed) > 4 and token not in self._parsed:  # a spec edit: older spaces are not asked again
+            self._parsed.clear()
+        observations, keys = self._parsed.setdefault(token, ([], set()))
+        for index in range(len(observations), len(self.entries)):
+            observation = _parse_entry(space, sign, index, self.entries[index])
+            observations.append(observation)
+            if observation.key is not None:
+                keys.add(observation.key)
+        return observations, keys
+
+
+class History(Sequence[Mapping[str, Any]]):
+    """A history as a SettledHistory followed by the entries still open (running trials, and finished
+    ones after the first running one): what `suggest` and `stop` read without walking the settled part."""
+
+    __slots__ = ("settled", "open")
+
+    def __init__(self, settled: SettledHistory, open_entries: Sequence[Mapping[str, Any]]) -> None:
+        self.settled = settled
+        self.open = list(open_entries)
+
+    def __len__(self) -> int:
+        return len(self.settled) + len(self.open)
+
+    def __getitem__(self, position: Any) -> Any:
+        if isinstance(position, slice):
+            return [self[i] for i in range(*position.indices(len(self)))]
+        if position < 0:
+            position += len(self)
+        settled = len(self.settled)
+        return self.settled.entries[position] if 0 <= position < settled else self.open[position - settled]
+
+
 _contexts: dict[tuple[Any, float], int] = {}
 _new_tokens = itertools.count()
 
@@ -111,20 +169,34 @@ def _context_token(space: Space | None, sign: float) -> int:
 
 def parse_history(space: Space | None, goal: Goal | str, history: object) -> list[Observation]:
     """Validate `history` and orient its values (`space=None`: parameters are not checked)."""
+    return parse_history_keys(space, goal, history)[0]
+
+
+def parse_history_keys(space: Space | None, goal: Goal | str, history: object) -> tuple[list[Observation], set[Key]]:
+    """`parse_history`, and the keys of its points of the space (a new set: the tried points)."""
     if not isinstance(history, Sequence) or isinstance(history, (str, bytes)):
         raise SearchError(f"history must be a list of trial entries, got {type(history).__name__}")
     sign = -1.0 if Goal(goal) == Goal.MAXIMIZE else 1.0
     token = _context_token(space, sign)
-    observations = []
-    for index, entry in enumerate(history):
-        if not isinstance(entry, FrozenEntry):
-            observations.append(_parse_entry(space, sign, index, entry))
-            continue
-        observation = entry._parsed.get((token, index))
-        if observation is None:
-            observation = entry._parsed[(token, index)] = _parse_entry(space, sign, index, entry)
+    observations: list[Observation] = []
+    keys: set[Key] = set()
+    entries: Sequence[Any] = history
+    if isinstance(history, History):  # the settled part is parsed already, but for its new entries
+        settled, settled_keys = history.settled.parsed(space, sign)
+        observations, keys, entries = list(settled), set(settled_keys), history.open
+    for index, entry in enumerate(entries, len(observations)):
+        if isinstance(entry, FrozenEntry):
+            memo = entry._parsed if entry._parsed is not None else {}
+            entry._parsed = memo
+            if (token, index) not in memo:
+                memo[(token, index)] = _parse_entry(space, sign, index, entry)
+            observation = memo[(token, index)]
+        else:
+            observation = _parse_entry(space, sign, index, entry)
         observations.append(observation)
-    return observations
+        if observation.key is not None:
+            keys.add(observation.key)
+    return observations, keys
 
 
 def _parse_entry(space: Space | None, sign: float, index: int, entry: object) -> Observation:

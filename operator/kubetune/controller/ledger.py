@@ -1,0 +1,160 @@
+"""A job's final trials, folded into running totals that last between reconciles.
+
+A final trial's status never changes, so a long study's reconcile should not
+look at its 20,000 finished trials again. The ledger keeps what the planner
+needs of them, each trial added once: counts per phase, the best one (under
+either goal), the last failure, the highest index, and the search history.
+The history's settled part (every final trial before the first active one)
+only grows at its end, so the search engine parses each entry once
+(`kubetune.search.SettledHistory`). A final trial is kept as a compact
+`SettledTrial`, not as its model.
+
+Pure data: the Controller owns one per job and adds the Trials its watch sees
+final; nothing here talks to Kubernetes.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api import BestTrial, Goal, Trial, TrialPhase, TrialStatus
+from kubetune.search import FrozenEntry, SettledHistory
+
+FINAL_PHASES = frozenset({TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED})
+
+
+@dataclass(frozen=True, slots=True)
+class SettledTrial:
+    """What is kept of a final trial."""
+
+    name: str
+    index: int
+    phase: TrialPhase
+    objective: float | None  # of a Succeeded trial only (what the best trial is chosen by)
+    metrics: Mapping[str, float]
+    failure: str | None  # "reason: message" of a Failed trial
+    entry: FrozenEntry  # its search-history entry; the parameters are read from it
+
+    @property
+    def parameters(self) -> Mapping[str, Any]:
+        parameters: Mapping[str, Any] = self.entry["parameters"]
+        return parameters
+
+    def best_trial(self) -> BestTrial:
+        assert self.objective is not None
+        return BestTrial(name=self.name, index=self.index, objective=self.objective,
+                         parameters=dict(self.parameters), metrics=dict(self.metrics))
+
+
+def history_entry(
+    parameters: Mapping[str, object], status: TrialStatus, curve: Iterable[Iterable[float]] | None = None
+) -> dict[str, Any]:
+    """A trial as the search engine sees it (`curve`: a fresher one than the status's)."""
+    objective = status.objective if status.phase in (TrialPhase.SUCCEEDED, TrialPhase.EARLY_STOPPED) else None
+    return {
+        "parameters": dict(parameters),
+        "state": str(status.phase),
+        "objective": objective,
+        "intermediate": [list(p) for p in (curve if curve is not None else status.intermediate)],
+    }
+
+
+def settle(trial: Trial) -> SettledTrial:
+    """The compact record of a final trial."""
+    status = trial.status
+    succeeded = status.phase == TrialPhase.SUCCEEDED
+    return SettledTrial(
+        name=trial.metadata.name,
+        index=trial.spec.index,
+        phase=status.phase,
+        objective=status.objective if succeeded else None,
+        metrics=dict(status.metrics) if succeeded else {},
+        failure=f"{status.reason}: {status.message}" if status.phase == TrialPhase.FAILED else None,
+        entry=FrozenEntry(history_entry(trial.spec.parameters, status)),
+    )
+
+
+def _better(goal: Goal, candidate: SettledTrial, incumbent: SettledTrial | None) -> bool:
+    """Better objective, or equal and earlier (so the order trials settle in does not matter)."""
+    if incumbent is None:
+        return True
+    assert candidate.objective is not None and incumbent.objective is not None
+    if candidate.objective == incumbent.objective:
+        return candidate.index < incumbent.index
+    return (candidate.objective > incumbent.objective) == (goal == Goal.MAXIMIZE)
+
+
+class Ledger:
+    """Running totals of a job's final trials; each trial is added once, by name."""
+
+    def __init__(self, records: Iterable[SettledTrial] = ()) -> None:
+        self._reset(records)
+
+    def _reset(self, records: Iterable[SettledTrial]) -> None:
+        self.trials: dict[str, SettledTrial] = {}
+        self.counts: Counter[TrialPhase] = Counter()
+        self.max_index = -1
+        self.last_failed: SettledTrial | None = None
+        self.history = SettledHistory()
+        self._best: dict[Goal, SettledTrial | None] = {Goal.MINIMIZE: None, Goal.MAXIMIZE: None}
+        self._waiting: list[tuple[int, str]] = []  # final but after an active trial: not in `history` yet
+        self._settled_up_to = -1  # the highest index in `history`
+        for record in sorted(records, key=lambda r: r.index):
+            self._fold(record)
+
+    def __len__(self) -> int:
+        return len(self.trials)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.trials
+
+    def get(self, name: str) -> SettledTrial | None:
+        return self.trials.get(name)
+
+    def add(self, trial: Trial) -> bool:
+        """Fold in a final trial; False if it is already here (the watch delivers a trial many times)."""
+        if trial.metadata.name in self.trials or trial.status.phase not in FINAL_PHASES:
+            return False
+        record = settle(trial)
+        if record.index <= self._settled_up_to:
+            # Behind the settled history (a trial the watch showed late): rebuilt, so positions stay in index order.
+            self._reset([*self.trials.values(), record])
+        else:
+            self._fold(record)
+        return True
+
+    def remove(self, name: str) -> bool:
+        """Forget a trial (deleted from the API); the totals are rebuilt from the rest."""
+        if name not in self.trials:
+            return False
+        self._reset([r for n, r in self.trials.items() if n != name])
+        return True
+
+    def _fold(self, record: SettledTrial) -> None:
+        self.trials[record.name] = record
+        self.counts[record.phase] += 1
+        self.max_index = max(self.max_index, record.index)
+        if record.phase == TrialPhase.FAILED and (self.last_failed is None or record.index > self.last_failed.index):
+            self.last_failed = record
+        if record.objective is not None:
+            for goal, best in self._best.items():
+                if _better(goal, record, best):
+                    self._best[goal] = record
+        bisect.insort(self._waiting, (record.index, record.name))
+
+    def best(self, goal: Goal) -> SettledTrial | None:
+        return self._best[goal]
+
+    def settle_before(self, first_active: int | None) -> list[SettledTrial]:
+        """Move the final trials with an index below `first_active` (None: all) into the settled
+        history, in index order; return those still waiting behind an active trial, in index order."""
+        split = len(self._waiting) if first_active is None else bisect.bisect_left(self._waiting, (first_active, ""))
+        for index, name in self._waiting[:split]:
+            self.history.append(self.trials[name].entry)
+            self._settled_up_to = index
+        del self._waiting[:split]
+        return [self.trials[name] for _, name in self._waiting]
