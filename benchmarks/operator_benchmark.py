@@ -465,7 +465,9 @@ def run_jobs(bench: Bench, label: str, manifests: list[JSON], parallelism: int, 
         status = job.get("status") or {}
         created = (status.get("counts") or {}).get("created", 0)
         size = len(json.dumps(status, separators=(",", ":")))
-        for threshold in status_at:  # the first job's status once it has created that many trials
+        # The first job's status once it has created that many trials (sampled every 2 s: a threshold
+        # too near the end is first seen on the finished job).
+        for threshold in status_at:
             if created >= threshold and f"at_{threshold}" not in status_sizes:
                 status_sizes[f"at_{threshold}"] = size
         return {"created": created, "status_bytes": size}
@@ -608,7 +610,7 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
             log(f"one job of {args.trials} fast trials, parallelism {args.parallelism}")
             manifest = job_manifest("big", args.trials, args.parallelism, 0, True, 1)
             results["one_job"] = run_jobs(bench, "big", [manifest], args.parallelism, timeout=args.timeout,
-                                          status_at=(100, max(100, args.trials - 2 * args.parallelism)))
+                                          status_at=(100, max(100, args.trials - 10 * args.parallelism)))
             log(f"one job: {json.dumps({k: v for k, v in results['one_job'].items() if k != 'samples'})}")
         if args.many_jobs:
             log(f"{args.many_jobs} jobs x {args.many_trials} trials, parallelism {args.many_parallelism}")

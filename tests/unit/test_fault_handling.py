@@ -222,3 +222,28 @@ def test_a_status_change_of_counters_only_is_written_at_most_once_a_second() -> 
     # The first write goes out; counters alone within the second wait (and a reconcile is set for
     # the end of it); a new best trial goes out at once; counters right after wait again.
     assert asyncio.run(scenario()) == [True, False, True, False, True]
+
+
+def test_final_trials_reach_the_ledger_at_the_next_reconcile_and_deleted_ones_leave_it() -> None:
+    controller = Controller(OperatorConfig(), KubeClient(Credentials("https://127.0.0.1:1", None, None, None, True,
+                                                                     None, None)))
+
+    def final(index: int, phase: str, **status: Any) -> Trial:
+        return Trial.model_validate({"metadata": {"name": f"digits-{index}"},
+                                     "spec": {"index": index, "parameters": {"lr": 0.1}},
+                                     "status": {"phase": phase, "attempts": 1, **status}})
+
+    succeeded, failed = final(1, "Succeeded", objective=0.9), final(0, "Failed", reason="Error", message="boom")
+    for trial in (succeeded, failed):
+        controller.settled(KEY, trial)
+    # Folded in by the reconcile (a plan may be reading the ledger in another thread until then).
+    assert not controller.is_settled(KEY, "digits-0")
+    ledger = controller._ledger(KEY)
+    assert len(ledger) == 2 and controller.is_settled(KEY, "digits-0")
+    controller.settled(KEY, succeeded)  # the same Trial again (a re-listing): counted once
+    controller.trial_deleted(KEY, "digits-0")
+    ledger = controller._ledger(KEY)
+    assert len(ledger) == 1 and ledger.counts["Failed"] == 0 and ledger.counts["Succeeded"] == 1
+    assert ledger.last_failed is None
+    controller._forget(KEY)  # the job is gone
+    assert not controller.is_settled(KEY, "digits-1")
