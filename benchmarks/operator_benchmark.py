@@ -496,6 +496,9 @@ def run_jobs(bench: Bench, label: str, manifests: list[JSON], parallelism: int, 
         "turnover": summary([t for _, t in pairs]),
         "turnover_first_10pct": summary([t for _, t in pairs[:tenth]]),
         "turnover_last_10pct": summary([t for _, t in pairs[-tenth:]]),
+        # p50 and p99 per tenth of the trials, in order: growth shows as a trend, not just two ends.
+        "turnover_by_tenth": [{q: summary([t for _, t in pairs[i * tenth:(i + 1) * tenth]])[q] for q in ("p50", "p99")}
+                              for i in range(10)] if len(pairs) >= 10 else [],
         "operator_histogram": {k: after.get(k) for k in ("turnover_count", "turnover_within_0.3s",
                                                           "turnover_within_1s")},
         "api_requests_per_trial": (after.get("api_requests", 0) - before.get("api_requests", 0)) / trials,
