@@ -40,6 +40,11 @@ class SettledTrial:
     entry: FrozenEntry  # its search-history entry; the parameters are read from it
 
     @property
+    def rank(self) -> Rank:
+        assert self.objective is not None, "only a succeeded trial is ranked"
+        return self.objective, self.index
+
+    @property
     def parameters(self) -> Mapping[str, Any]:
         parameters: Mapping[str, Any] = self.entry["parameters"]
         return parameters
@@ -78,14 +83,17 @@ def settle(trial: Trial) -> SettledTrial:
     )
 
 
-def _better(goal: Goal, candidate: SettledTrial, incumbent: SettledTrial | None) -> bool:
-    """Better objective, or equal and earlier (so the order trials settle in does not matter)."""
+Rank = tuple[float, int]  # (objective, trial index) of a succeeded trial
+
+
+def beats(goal: Goal, candidate: Rank, incumbent: Rank | None) -> bool:
+    """A better objective under `goal`, or an equal one of an earlier trial: so the best trial does not
+    depend on the order trials are looked at in."""
     if incumbent is None:
         return True
-    assert candidate.objective is not None and incumbent.objective is not None
-    if candidate.objective == incumbent.objective:
-        return candidate.index < incumbent.index
-    return (candidate.objective > incumbent.objective) == (goal == Goal.MAXIMIZE)
+    if candidate[0] == incumbent[0]:
+        return candidate[1] < incumbent[1]
+    return (candidate[0] > incumbent[0]) == (goal == Goal.MAXIMIZE)
 
 
 class Ledger:
@@ -142,7 +150,7 @@ class Ledger:
             self.last_failed = record
         if record.objective is not None:
             for goal, best in self._best.items():
-                if _better(goal, record, best):
+                if beats(goal, record.rank, best.rank if best is not None else None):
                     self._best[goal] = record
         bisect.insort(self._waiting, (record.index, record.name))
 

@@ -38,7 +38,7 @@ from kubetune.api import (
 )
 from kubetune.controller import naming
 from kubetune.controller.conditions import remove_condition, set_condition
-from kubetune.controller.ledger import FINAL_PHASES, Ledger, SettledTrial, history_entry
+from kubetune.controller.ledger import FINAL_PHASES, Ledger, SettledTrial, beats, history_entry
 from kubetune.controller.observe import PodView
 from kubetune.controller.templates import build_trial, build_trial_pod, template_placeholders
 from kubetune.search import History, StopDecision
@@ -309,17 +309,16 @@ def _best(
     job: TuningJob, ledger: Ledger, active: Sequence[Trial], statuses: Sequence[TrialStatus]
 ) -> BestTrial | None:
     """The succeeded trial with the best objective; the earliest among equals."""
-    objective = job.spec.objective
-    settled = ledger.best(objective.goal)
-    best: tuple[float, int] | None = (settled.objective, settled.index) if settled and settled.objective is not None \
-        else None
+    goal = job.spec.objective.goal
+    settled = ledger.best(goal)
+    best = settled.rank if settled is not None else None
     chosen: int | None = None  # position in `active` when an active trial beats the settled best
     for i, status in enumerate(statuses):
-        value, index = status.objective, active[i].spec.index
-        if value is None or status.phase != TrialPhase.SUCCEEDED:
+        if status.phase != TrialPhase.SUCCEEDED or status.objective is None:
             continue
-        if best is None or objective.is_better(value, best[0]) or (value == best[0] and index < best[1]):
-            best, chosen = (value, index), i
+        rank = (status.objective, active[i].spec.index)
+        if beats(goal, rank, best):
+            best, chosen = rank, i
     if chosen is None:
         return settled.best_trial() if settled is not None else None
     trial, status = active[chosen], statuses[chosen]
