@@ -20,10 +20,10 @@ binaries:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devcluster/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' -e devcluster
 	touch $(STAMP)
 
 # The one test command (README, CI): unit tests, then e2e on a real dev cluster.
@@ -50,7 +50,7 @@ check-crds: venv
 	$(VENV)/bin/kubetune crds --check
 
 lint: venv
-	$(VENV)/bin/ruff check operator trainer-image tests benchmarks helm
+	$(VENV)/bin/ruff check operator devcluster trainer-image tests benchmarks helm
 	$(VENV)/bin/mypy
 	$(VENV)/bin/kubetune crds --check
 	$(PY) -m kubetune.dashboard --check

@@ -47,10 +47,10 @@ from typing import Any
 
 import yaml
 
-from kubetune.dev.agent import SIMULATE_ANNOTATION, SIMULATED_MESSAGE_ENV
-from kubetune.dev.cluster import ClusterInfo, DevCluster
-from kubetune.dev.kubeapi import JSON, ApiError, KubeApi
-from kubetune.dev.preflight import free_ports
+from kubetune_dev.agent import SIMULATE_ANNOTATION, SIMULATED_MESSAGE_ENV
+from kubetune_dev.cluster import ClusterInfo, DevCluster
+from kubetune_dev.kubeapi import JSON, ApiError, KubeApi
+from kubetune_dev.preflight import free_ports
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

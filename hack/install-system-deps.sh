@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the Debian packages the dev cluster needs (see operator/kubetune/dev/README.md):
+# Install the Debian packages the dev cluster needs (see devcluster/kubetune_dev/README.md):
 #   util-linux  - unshare, for the per-pod mount namespace that holds the termination-message file
 #   mount       - mount(8), used inside that namespace for the bind mount
 #   openssl     - handy for inspecting the generated certificates (the cluster itself uses `cryptography`)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -16,11 +17,13 @@ from collections.abc import Sequence
 # never pays for kopf or torch.
 COMMAND_MODULES: tuple[str, ...] = (
     "kubetune.api.cli",
-    "kubetune.dev.cli",
     "kubetune.search.cli",
     "kubetune.handlers.main",
     "kubetune.plot",
 )
+# `kubetune dev` comes from the separate `kubetune-dev` distribution (devcluster/), which
+# developers install and the operator image does not carry.
+OPTIONAL_COMMAND_MODULES: tuple[str, ...] = ("kubetune_dev.cli",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    for module_name in OPTIONAL_COMMAND_MODULES:
+        if importlib.util.find_spec(module_name.partition(".")[0]) is not None:
+            importlib.import_module(module_name).register(subparsers)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Fixtures for tests against the dev cluster (see operator/kubetune/dev/README.md).
+"""Fixtures for tests against the dev cluster (see devcluster/kubetune_dev/README.md).
 
 - `dev_cluster` (session): a `ClusterInfo` (kubeconfig, prometheus_url, pod_log(), ...). The cluster
   is started once per session in a private home and torn down at the end; with
@@ -21,8 +21,8 @@ import pytest
 from kubernetes.client.rest import ApiException
 from kubetune_harness import fresh_namespace
 
-from kubetune.dev.cluster import ClusterInfo, DevCluster, DevClusterError
-from kubetune.dev.testing import Kube
+from kubetune_dev.cluster import ClusterInfo, DevCluster, DevClusterError
+from kubetune_dev.testing import Kube
 
 NAMESPACE_DELETE_TIMEOUT = 180.0
 

@@ -20,7 +20,7 @@ from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from kubetune.dev.testing import poll
+from kubetune_dev.testing import poll
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

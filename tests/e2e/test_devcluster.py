@@ -24,11 +24,11 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubetune_harness import restricted_container_context, restricted_pod_context
 
-from kubetune.dev import procs
-from kubetune.dev.cluster import ClusterInfo, DevCluster
-from kubetune.dev.layout import MARKER_ENV
-from kubetune.dev.prometheus import build_file_sd_targets
-from kubetune.dev.testing import Kube, poll
+from kubetune_dev import procs
+from kubetune_dev.cluster import ClusterInfo, DevCluster
+from kubetune_dev.layout import MARKER_ENV
+from kubetune_dev.prometheus import build_file_sd_targets
+from kubetune_dev.testing import Kube, poll
 
 TIMEOUT = 120.0
 
@@ -589,7 +589,7 @@ def test_cluster_of_a_killed_test_session_tears_itself_down(tmp_path: Path) -> N
     script = (
         "import os, time\n"
         "from pathlib import Path\n"
-        "from kubetune.dev.cluster import DevCluster\n"
+        "from kubetune_dev.cluster import DevCluster\n"
         f"DevCluster(Path({str(home)!r}), node_name='orphan', owner_pid=os.getpid()).up()\n"
         "print('up', flush=True)\n"
         "time.sleep(3600)\n"

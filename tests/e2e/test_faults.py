@@ -42,8 +42,8 @@ from kubetune_harness import (
     wait_for,
 )
 
-from kubetune.dev.cluster import ClusterInfo, DevCluster
-from kubetune.dev.testing import Kube
+from kubetune_dev.cluster import ClusterInfo, DevCluster
+from kubetune_dev.testing import Kube
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

@@ -42,8 +42,8 @@ from pydantic import ValidationError
 
 from kubetune.api import TuningJob
 from kubetune.controller.planner import validate_job
-from kubetune.dev.cluster import ClusterInfo
-from kubetune.dev.preflight import free_ports
+from kubetune_dev.cluster import ClusterInfo
+from kubetune_dev.preflight import free_ports
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from kubetune_harness import (
     wait_for,
 )
 
-from kubetune.dev.cluster import ClusterInfo
+from kubetune_dev.cluster import ClusterInfo
 
 
 @pytest.fixture(scope="module")

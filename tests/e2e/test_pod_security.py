@@ -13,7 +13,7 @@ from kubetune_harness import EXAMPLES, POD_SECURITY_LABELS
 
 from kubetune.api import TuningJob
 from kubetune.controller.templates import build_trial_pod
-from kubetune.dev.testing import Kube
+from kubetune_dev.testing import Kube
 
 pytestmark = pytest.mark.e2e
 

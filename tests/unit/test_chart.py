@@ -113,7 +113,7 @@ def test_dev_cluster_values() -> None:
 def test_the_operator_pod_names_its_metrics_job() -> None:
     """The dev Prometheus (pod discovery) labels the operator's series with the job a ServiceMonitor would
     give them, read from this annotation: the alerts' up{job=...} works on both."""
-    from kubetune.dev.prometheus import OPERATOR_JOB_ANNOTATION, OPERATOR_PODS_JOB, build_prometheus_config, meta_label
+    from kubetune_dev.prometheus import OPERATOR_JOB_ANNOTATION, OPERATOR_PODS_JOB, build_prometheus_config, meta_label
 
     manifests = render()
     template = one(manifests, "Deployment")["spec"]["template"]

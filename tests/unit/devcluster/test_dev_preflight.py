@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kubetune.dev import preflight
-from kubetune.dev.layout import REQUIRED_BINARIES
+from kubetune_dev import preflight
+from kubetune_dev.layout import REQUIRED_BINARIES
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetune.dev.layout import KUBERNETES_VERSION, REQUIRED_BINARIES
+from kubetune_dev.layout import KUBERNETES_VERSION, REQUIRED_BINARIES
 
 BUILD_HINT = "run hack/build-binaries.sh (builds them into ~/.cache/kubetune; ~30 min the first time)"
 SYSTEM_DEPS_HINT = "run hack/install-system-deps.sh (apt-get install util-linux mount)"

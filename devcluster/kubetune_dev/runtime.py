@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetune.dev.procs import start_in_session
+from kubetune_dev.procs import start_in_session
 
 # $1 = exit file, $2 = start-error file (both in the pod directory, the wrapper's working directory),
 # $3 = the container's working directory ("": the pod directory), then "src dst ro|rw" triples, then

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kubetune.dev.agentstate import ContainerRecord, PodRecord, build_status_patch
-from kubetune.dev.procs import ProcessHandle
+from kubetune_dev.agentstate import ContainerRecord, PodRecord, build_status_patch
+from kubetune_dev.procs import ProcessHandle
 
 
 def record(policy: str = "Never", containers: int = 1) -> PodRecord:

@@ -1,6 +1,6 @@
 """The dev cluster's node agent: a small kubelet that runs pods as host processes.
 
-    python -m kubetune.dev.agent --kubeconfig K --node-name N --gpus 4 --state-dir D
+    python -m kubetune_dev.agent --kubeconfig K --node-name N --gpus 4 --state-dir D
 
 It registers Node N (with `nvidia.com/gpu` capacity), renews its Lease, watches the pods bound to
 N and runs every container of each as a local process (images are ignored): own process group,
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.dev import podspec, runtime
-from kubetune.dev.agentstate import (
+from kubetune_dev import podspec, runtime
+from kubetune_dev.agentstate import (
     RUNTIME,
     START_ERROR_EXIT_CODE,
     UNKNOWN_EXIT_CODE,
@@ -48,12 +48,12 @@ from kubetune.dev.agentstate import (
     rfc3339,
     save_record,
 )
-from kubetune.dev.allocators import POD_NETWORK, AllocationError, GpuAllocator, IpAllocator
-from kubetune.dev.kubeapi import JSON, ApiError, KubeApi
-from kubetune.dev.layout import MARKER_ENV
-from kubetune.dev.procs import ProcessHandle, boot_id, signal_group
+from kubetune_dev.allocators import POD_NETWORK, AllocationError, GpuAllocator, IpAllocator
+from kubetune_dev.kubeapi import JSON, ApiError, KubeApi
+from kubetune_dev.layout import MARKER_ENV
+from kubetune_dev.procs import ProcessHandle, boot_id, signal_group
 
-log = logging.getLogger("kubetune.dev.agent")
+log = logging.getLogger("kubetune_dev.agent")
 
 HOST_IP = "127.0.0.1"
 AGENT_VERSION = "v1.34.4-kubetune-dev"
@@ -1016,7 +1016,7 @@ def _backoff(first: float = 1.0, cap: float = 30.0) -> Iterator[float]:
 
 
 def parse_args(argv: list[str] | None = None) -> AgentOptions:
-    parser = argparse.ArgumentParser(prog="python -m kubetune.dev.agent", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m kubetune_dev.agent", description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--node-name", required=True)
     parser.add_argument("--gpus", type=int, default=4, help="nvidia.com/gpu capacity (default 4)")

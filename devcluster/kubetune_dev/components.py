@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune.dev.allocators import POD_NETWORK
-from kubetune.dev.layout import Layout
+from kubetune_dev.allocators import POD_NETWORK
+from kubetune_dev.layout import Layout
 
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_CLUSTER_IP = "10.0.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
@@ -210,7 +210,7 @@ def agent_command(cfg: ClusterConfig) -> list[str]:
     return [
         str(cfg.python),
         "-m",
-        "kubetune.dev.agent",
+        "kubetune_dev.agent",
         f"--kubeconfig={cfg.layout.kubeconfig}",
         f"--node-name={cfg.node_name}",
         f"--gpus={cfg.gpus}",

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import yaml
 
-from kubetune.dev import components, preflight, procs
-from kubetune.dev.agentstate import load_records
-from kubetune.dev.components import ClusterConfig, Ports
-from kubetune.dev.kubeapi import ApiError, KubeApi
-from kubetune.dev.layout import COMPONENTS, MARKER_ENV, Layout, default_bin_dir, default_home
-from kubetune.dev.pki import build_cluster_pki
-from kubetune.dev.prometheus import build_prometheus_config
+from kubetune_dev import components, preflight, procs
+from kubetune_dev.agentstate import load_records
+from kubetune_dev.components import ClusterConfig, Ports
+from kubetune_dev.kubeapi import ApiError, KubeApi
+from kubetune_dev.layout import COMPONENTS, MARKER_ENV, Layout, default_bin_dir, default_home
+from kubetune_dev.pki import build_cluster_pki
+from kubetune_dev.prometheus import build_prometheus_config
 
 DEFAULT_TIMEOUT = 300.0
 # Any of these in a home means a cluster (perhaps half-started or crashed) lives there.

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kubetune.dev.prometheus import build_file_sd_targets, build_prometheus_config, meta_label
+from kubetune_dev.prometheus import build_file_sd_targets, build_prometheus_config, meta_label
 
 
 def config() -> dict[str, Any]:

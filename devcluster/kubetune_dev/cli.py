@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kubetune.dev.cluster import DevCluster, DevClusterError
-from kubetune.dev.components import DEFAULT_GPUS, DEFAULT_NODE_NAME
-from kubetune.dev.layout import COMPONENTS
+from kubetune_dev.cluster import DevCluster, DevClusterError
+from kubetune_dev.components import DEFAULT_GPUS, DEFAULT_NODE_NAME
+from kubetune_dev.layout import COMPONENTS
 
 PORT_FLAGS = ("apiserver", "prometheus", "etcd-client", "etcd-peer", "controller-manager", "scheduler", "agent")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kubetune.dev import podspec
+from kubetune_dev import podspec
 
 
 def pod(**container: Any) -> dict[str, Any]:

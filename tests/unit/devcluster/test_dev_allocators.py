@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from kubetune.dev.allocators import AllocationError, GpuAllocator, IpAllocator
-from kubetune.dev.preflight import bound_loopback_octets, free_pod_network
+from kubetune_dev.allocators import AllocationError, GpuAllocator, IpAllocator
+from kubetune_dev.preflight import bound_loopback_octets, free_pod_network
 
 
 def test_ips_are_unique_stable_and_reused() -> None:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from kubetune.dev.procs import ProcessHandle, write_atomic
+from kubetune_dev.procs import ProcessHandle, write_atomic
 
 JSON = dict[str, Any]
 RECORD_FILE = "pod.json"
