@@ -4,6 +4,12 @@
 #   mount       - mount(8), used inside that namespace for the bind mount
 #   openssl     - handy for inspecting the generated certificates (the cluster itself uses `cryptography`)
 #   procps      - ps/pkill for humans debugging a cluster
+# and for the real node (`kubetune dev up --node real`, devcluster/kubetune_dev/realnode.py):
+#   runc                        - the OCI runtime containerd's shim runs (1.1.5; crun fails on hybrid cgroups)
+#   containernetworking-plugins - CNI bridge, host-local, portmap, loopback in /usr/lib/cni (1.1.1)
+#   iptables                    - kube-proxy (iptables mode) and CNI portmap (nf_tables backend)
+#   iproute2                    - ip netns / veth / routes for the node's network namespace
+#   busybox-static              - the real node's small test image (kubetune_dev/images.py)
 # Idempotent: packages already installed are skipped; `apt-get update` runs at most once, and only
 # when something is missing.
 #
@@ -11,7 +17,8 @@
 # scrape contract needs; hack/build-binaries.sh builds Prometheus from the Go module proxy instead.
 set -euo pipefail
 
-PACKAGES=(util-linux mount openssl procps ca-certificates)
+PACKAGES=(util-linux mount openssl procps ca-certificates
+  runc containernetworking-plugins iptables iproute2 busybox-static)
 
 log() { printf '[install-system-deps] %s\n' "$*" >&2; }
 

@@ -1,0 +1,3 @@
+module kubetune.local/pause
+
+go 1.24
