@@ -51,7 +51,7 @@ from kubetune_dev.agentstate import (
 from kubetune_dev.allocators import POD_NETWORK, AllocationError, GpuAllocator, IpAllocator
 from kubetune_dev.kubeapi import JSON, ApiError, KubeApi
 from kubetune_dev.layout import MARKER_ENV
-from kubetune_dev.procs import ProcessHandle, boot_id, signal_group
+from kubetune_dev.procs import ProcessHandle, signal_group, watch_owner
 
 log = logging.getLogger("kubetune_dev.agent")
 
@@ -196,23 +196,8 @@ class Agent:
 
     def watch_owner(self) -> None:
         """A test session started this cluster; when it dies without `down`, do the `down` for it."""
-        pid, _, started = self.opts.owner.partition(":")
-        owner = ProcessHandle(int(pid), int(started), boot_id())
-        while not self.stop.wait(2.0):
-            if owner.alive():
-                continue
-            log.warning("owner process %s is gone; tearing the cluster down", pid)
-            # Detached: `down` stops this agent too, and must outlive it.
-            subprocess.Popen(
-                [sys.executable, "-m", "kubetune.cli", "dev", "--home", str(self.opts.cluster_home), "down"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd="/",
-            )
-            self.stop.set()
-            return
+        if self.opts.cluster_home is not None:
+            watch_owner(self.opts.owner, self.opts.cluster_home, self.stop)
 
     # ------------------------------------------------------------------ node, lease
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from kubetune_dev.cluster import DevCluster, DevClusterError
 from kubetune_dev.components import DEFAULT_GPUS, DEFAULT_NODE_NAME
-from kubetune_dev.layout import COMPONENTS
+from kubetune_dev.layout import NODE_KINDS
+from kubetune_dev.realnode import DEFAULT_REAL_NODE_NAME
 
 PORT_FLAGS = ("apiserver", "prometheus", "etcd-client", "etcd-peer", "controller-manager", "scheduler", "agent")
 
@@ -20,8 +21,17 @@ def register(subparsers: Any) -> None:
     commands = dev.add_subparsers(dest="dev_command", required=True)
 
     up = commands.add_parser("up", help="start the cluster (or report the running one)")
+    up.add_argument(
+        "--node",
+        choices=NODE_KINDS,
+        default="agent",
+        help="agent: the node agent runs pods as host processes (fast; images are ignored); real: kubelet, "
+        "containerd, runc, CNI bridge, kube-proxy, CoreDNS and a fake-GPU device plugin run the pods' images",
+    )
     up.add_argument("--gpus", type=int, default=DEFAULT_GPUS, help="nvidia.com/gpu capacity of the node")
-    up.add_argument("--node-name", default=DEFAULT_NODE_NAME)
+    up.add_argument(
+        "--node-name", help=f"default: {DEFAULT_NODE_NAME} (agent) or {DEFAULT_REAL_NODE_NAME} (real)"
+    )
     up.add_argument("--bin-dir", type=Path, help="directory with etcd and kube-* (default ~/.cache/kubetune/current)")
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
     for flag in PORT_FLAGS:
@@ -48,7 +58,14 @@ def run_up(args: argparse.Namespace) -> int:
         for flag in PORT_FLAGS
         if getattr(args, f"{flag.replace('-', '_')}_port") is not None
     }
-    cluster = _cluster(args, gpus=args.gpus, node_name=args.node_name, bin_dir=args.bin_dir, pinned_ports=pinned)
+    cluster = _cluster(
+        args,
+        gpus=args.gpus,
+        node_name=args.node_name,
+        node_kind=args.node,
+        bin_dir=args.bin_dir,
+        pinned_ports=pinned,
+    )
     try:
         info = cluster.up(timeout=args.timeout)
     except DevClusterError as exc:
@@ -56,7 +73,10 @@ def run_up(args: argparse.Namespace) -> int:
         return 1
     state = "already running" if info.reused else "ready"
     print(f"# dev cluster {state}: API server {info.apiserver_url}, Prometheus {info.prometheus_url}")
-    print(f"# node agent logs and per-pod logs: {info.home}/logs, {info.home}/agent/pods")
+    if info.node_kind == "real":
+        print(f"# real node {info.node_name}: component logs in {info.home}/logs, state in {info.home}/node")
+    else:
+        print(f"# node agent logs and per-pod logs: {info.home}/logs, {info.home}/agent/pods")
     print("# point kubectl and helm at it with:")
     print(info.exports())
     return 0
@@ -91,7 +111,7 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"no dev cluster in {cluster.layout.home}")
         return 1
     status = cluster.status()
-    for name in COMPONENTS:
+    for name in cfg.components:
         print(f"{name:<24} {'running' if status[name] else 'NOT RUNNING'}   log: {cluster.layout.log_file(name)}")
     print(f"API server  {cfg.apiserver_url}\nPrometheus  {cfg.prometheus_url}\nkubeconfig  {cluster.kubeconfig}")
     return 0 if all(status.values()) else 1

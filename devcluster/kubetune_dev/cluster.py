@@ -29,9 +29,19 @@ from kubetune_dev import components, preflight, procs
 from kubetune_dev.agentstate import load_records
 from kubetune_dev.components import ClusterConfig, Ports
 from kubetune_dev.kubeapi import ApiError, KubeApi
-from kubetune_dev.layout import COMPONENTS, MARKER_ENV, Layout, default_bin_dir, default_home
-from kubetune_dev.pki import build_cluster_pki
+from kubetune_dev.layout import (
+    COMPONENTS,
+    MARKER_ENV,
+    NODE_KINDS,
+    REAL_NODE_COMPONENTS,
+    Layout,
+    default_bin_dir,
+    default_home,
+)
+from kubetune_dev.pki import NodeIdentity, build_cluster_pki
 from kubetune_dev.prometheus import build_prometheus_config
+from kubetune_dev.realcluster import RealNode
+from kubetune_dev.realnode import DEFAULT_REAL_NODE_NAME
 
 DEFAULT_TIMEOUT = 300.0
 # Any of these in a home means a cluster (perhaps half-started or crashed) lives there.
@@ -64,6 +74,7 @@ class ClusterInfo:
     node_name: str
     bin_dir: Path
     reused: bool
+    node_kind: str = "agent"
 
     @property
     def layout(self) -> Layout:
@@ -94,7 +105,8 @@ class DevCluster:
         *,
         bin_dir: Path | None = None,
         gpus: int = components.DEFAULT_GPUS,
-        node_name: str = components.DEFAULT_NODE_NAME,
+        node_name: str | None = None,
+        node_kind: str = "agent",
         pinned_ports: Mapping[str, int] | None = None,
         python: Path | None = None,
         agent_args: tuple[str, ...] = (),
@@ -102,11 +114,16 @@ class DevCluster:
         log: Callable[[str], None] | None = None,
     ) -> None:
         """`owner_pid`: tear the cluster down when that process dies (test sessions pass their own
-        pid, so a killed pytest leaves nothing running)."""
+        pid, so a killed pytest leaves nothing running). `node_kind`: "agent" (the node agent runs pods
+        as host processes) or "real" (kubelet, containerd, runc, CNI, kube-proxy, CoreDNS, the GPU
+        device plugin: realnode.py)."""
+        if node_kind not in NODE_KINDS:
+            raise DevClusterError(f"unknown node kind {node_kind!r}; known: {', '.join(NODE_KINDS)}")
         self.layout = Layout((home or default_home()).absolute())
         self.bin_dir = (bin_dir or default_bin_dir()).absolute()
         self.gpus = gpus
-        self.node_name = node_name
+        self.node_kind = node_kind
+        self.node_name = node_name or (DEFAULT_REAL_NODE_NAME if node_kind == "real" else components.DEFAULT_NODE_NAME)
         self.pinned_ports = dict(pinned_ports or {})
         # Not resolved: a venv's python is a symlink, and resolving it would leave the venv.
         self.python = python or Path(sys.executable)
@@ -147,11 +164,13 @@ class DevCluster:
             node_name=cfg.node_name,
             bin_dir=cfg.bin_dir,
             reused=reused,
+            node_kind=cfg.node_kind,
         )
 
     def status(self) -> dict[str, bool]:
         """Component -> running (pid file present and that exact process alive)."""
-        return {name: self._handle(name) is not None for name in COMPONENTS}
+        cfg = self.config
+        return {name: self._handle(name) is not None for name in (cfg.components if cfg else COMPONENTS)}
 
     def is_running(self) -> bool:
         cfg = self.config
@@ -203,7 +222,7 @@ class DevCluster:
         cfg = self._require_config()
         if self._handle(name) is not None:
             return
-        self._spawn(cfg, name, [*COMMANDS[name](cfg), *extra_args])
+        self._spawn(cfg, name, [*self._command(cfg, name), *extra_args])
         self._wait_ready(cfg, name, time.monotonic() + timeout)
 
     def restart_component(self, name: str, timeout: float = 120.0, extra_args: tuple[str, ...] = ()) -> None:
@@ -224,9 +243,11 @@ class DevCluster:
     # ------------------------------------------------------------------ steps
 
     def _preflight(self) -> list[preflight.Problem]:
+        real = self.node_kind == "real"
         return [
-            *preflight.check_binaries(self.bin_dir),
+            *preflight.check_binaries(self.bin_dir, real_node=real),
             *preflight.check_host_tools(),
+            *(preflight.check_real_node_host(self.layout) if real else []),
             *preflight.check_ports(self.pinned_ports),
         ]
 
@@ -249,6 +270,8 @@ class DevCluster:
             agent_args=self.agent_args,
             owner=self._owner(),
             pod_network=preflight.free_pod_network(),
+            node_kind=self.node_kind,
+            node_network_index=preflight.free_node_network_index() if self.node_kind == "real" else 0,
         )
 
     def _owner(self) -> str:
@@ -275,18 +298,20 @@ class DevCluster:
             ),
         )
 
-        for group in (
-            ("etcd",),
-            ("kube-apiserver",),
-            ("kube-controller-manager", "kube-scheduler"),
-            ("agent", "prometheus"),
-        ):
+        real = RealNode(cfg, self._log) if cfg.node_kind == "real" else None
+        for group in _start_groups(cfg):
+            if real is not None and group[0] == REAL_NODE_COMPONENTS[0]:
+                real.prepare()
             for name in group:
-                self._spawn(cfg, name, COMMANDS[name](cfg))
+                self._spawn(cfg, name, self._command(cfg, name))
+                if real is not None and name in REAL_NODE_COMPONENTS:
+                    real.after_start(name, self._holder_pid())
             for name in group:
                 self._wait_ready(cfg, name, deadline)
         # Pods in `default` need its ServiceAccount (admission rejects them until it exists).
         api = self._api()
+        if real is not None:
+            real.install_addons(api, deadline)
         self._wait(
             "kube-controller-manager",
             deadline,
@@ -296,7 +321,8 @@ class DevCluster:
 
     def _write_credentials(self, cfg: ClusterConfig) -> None:
         lay = cfg.layout
-        pki = build_cluster_pki(service_cluster_ip=components.SERVICE_CLUSTER_IP)
+        node = NodeIdentity(cfg.node_name, cfg.node_network.node_ip) if cfg.node_kind == "real" else None
+        pki = build_cluster_pki(service_cluster_ip=components.SERVICE_CLUSTER_IP, node=node)
         pki.write(lay.pki_dir)
         for path, pair, user in (
             (lay.kubeconfig, pki.admin, "kubetune-admin"),
@@ -313,10 +339,22 @@ class DevCluster:
             procs.write_atomic(path, yaml.safe_dump(kubeconfig, sort_keys=False))
             path.chmod(0o600)
 
+    def _command(self, cfg: ClusterConfig, name: str) -> list[str]:
+        if name in REAL_NODE_COMPONENTS:
+            return RealNode(cfg, self._log).command(name, self._holder_pid())
+        return COMMANDS[name](cfg)
+
+    def _holder_pid(self) -> int | None:
+        """The process keeping the real node's mount namespace (node-namespace), if it runs."""
+        handle = self._handle(REAL_NODE_COMPONENTS[0])
+        return handle.pid if handle else None
+
     def _spawn(self, cfg: ClusterConfig, name: str, argv: list[str]) -> None:
         env = dict(os.environ)
         env[MARKER_ENV] = cfg.cluster_id
         env.pop("KUBECONFIG", None)  # components get explicit kubeconfigs; never the user's
+        if name in REAL_NODE_COMPONENTS:
+            env.update(RealNode(cfg, self._log).env())
         handle = procs.spawn(argv, log_file=cfg.layout.log_file(name), env=env, cwd=cfg.layout.home)
         handle.write(cfg.layout.pid_file(name))
 
@@ -350,6 +388,8 @@ class DevCluster:
             return _http_ok(f"https://127.0.0.1:{port}/healthz", insecure)
         if name == "prometheus":
             return _http_ok(f"{cfg.prometheus_url}/-/ready")
+        if name in REAL_NODE_COMPONENTS and name != "kubelet":
+            return RealNode(cfg, self._log).ready(name, self._api())
         node = self._api().get(f"/api/v1/nodes/{cfg.node_name}")
         conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
         # The node-lifecycle controller lifts the not-ready taint shortly after Ready=True.
@@ -400,11 +440,14 @@ class DevCluster:
     # ------------------------------------------------------------------ teardown
 
     def _stop_processes(self, cfg: ClusterConfig | None) -> None:
-        for name in reversed(COMPONENTS):
-            handle = procs.ProcessHandle.read(self.layout.pid_file(name))
-            if handle is not None:
-                procs.stop(handle, grace=10.0)
-            self.layout.pid_file(name).unlink(missing_ok=True)
+        names = cfg.components if cfg else COMPONENTS
+        if cfg is not None and cfg.node_kind == "real":
+            # Node first (its processes, containers, namespaces), then the control plane it talks to.
+            for name in reversed(REAL_NODE_COMPONENTS[1:]):
+                self._stop_component_process(name)
+            RealNode(cfg, self._log).teardown(self._stop_component_process)
+        for name in reversed(names):
+            self._stop_component_process(name)
         # Pods the agent started run in their own process groups and outlive it, as with a kubelet.
         # All get SIGTERM at once, then a short shared grace period, then SIGKILL.
         pods = [
@@ -422,6 +465,12 @@ class DevCluster:
             procs.stop(handle, grace=0.0)
         if cfg is not None:
             procs.sweep(MARKER_ENV, cfg.cluster_id)
+
+    def _stop_component_process(self, name: str) -> None:
+        handle = procs.ProcessHandle.read(self.layout.pid_file(name))
+        if handle is not None:
+            procs.stop(handle, grace=10.0)
+        self.layout.pid_file(name).unlink(missing_ok=True)
 
     def _looks_like_cluster_home(self) -> bool:
         return any((self.layout.home / entry).exists() for entry in CLUSTER_HOME_ENTRIES)
@@ -453,6 +502,15 @@ class DevCluster:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _start_groups(cfg: ClusterConfig) -> list[tuple[str, ...]]:
+    """Components started together (then waited on together), group by group."""
+    control_plane = [("etcd",), ("kube-apiserver",), ("kube-controller-manager", "kube-scheduler")]
+    if cfg.node_kind == "real":
+        node = [(name,) for name in REAL_NODE_COMPONENTS[:-2]] + [REAL_NODE_COMPONENTS[-2:], ("prometheus",)]
+        return [*control_plane, *node]
+    return [*control_plane, ("agent", "prometheus")]
 
 
 def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_dev.allocators import POD_NETWORK
-from kubetune_dev.layout import Layout
+from kubetune_dev.layout import Layout, components_of
+from kubetune_dev.realnode import NodeNetwork
 
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_CLUSTER_IP = "10.0.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
@@ -45,6 +46,18 @@ class ClusterConfig:
     pod_network: str = str(POD_NETWORK)
     # "pid:starttime" of a process whose death tears the cluster down (a test session); "" = none.
     owner: str = ""
+    # "agent": the node agent runs pods as host processes; "real": kubelet + containerd (realnode.py).
+    node_kind: str = "agent"
+    # The real node's network (realnode.NodeNetwork), unique among the clusters on this host.
+    node_network_index: int = 0
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return components_of(self.node_kind)
+
+    @property
+    def node_network(self) -> NodeNetwork:
+        return NodeNetwork(self.node_network_index, self.cluster_id)
 
     @property
     def layout(self) -> Layout:
@@ -83,6 +96,8 @@ class ClusterConfig:
             agent_args=tuple(data.get("agent_args", ())),
             owner=str(data.get("owner", "")),
             pod_network=str(data.get("pod_network", POD_NETWORK)),
+            node_kind=str(data.get("node_kind", "agent")),
+            node_network_index=int(data.get("node_network_index", 0)),
         )
 
 
@@ -129,14 +144,13 @@ def apiserver_command(cfg: ClusterConfig) -> list[str]:
         str(cfg.bin_dir / "kube-apiserver"),
         f"--etcd-servers={cfg.etcd_url}",
         "--bind-address=127.0.0.1",
-        # Without it the API server looks for a default route, which sandboxes may lack.
-        "--advertise-address=127.0.0.1",
         f"--secure-port={cfg.ports.apiserver}",
         f"--cert-dir={pki / 'apiserver-generated'}",
         f"--tls-cert-file={pki / 'apiserver.crt'}",
         f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
-        "--authorization-mode=RBAC",
+        # Node: the kubelet's own requests (its pods, secrets, leases) as on any kubeadm cluster.
+        "--authorization-mode=Node,RBAC",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
         f"--service-account-key-file={pki / 'sa.pub'}",
@@ -144,8 +158,7 @@ def apiserver_command(cfg: ClusterConfig) -> list[str]:
         # Default admission plugins stay on, ServiceAccount included: pods get the standard
         # kube-api-access volume, which the node agent mounts so in-cluster clients work.
         "--allow-privileged=true",
-        # The `kubernetes` Service's endpoints would be 127.0.0.1, which validation rejects.
-        "--endpoint-reconciler-type=none",
+        *_service_endpoint_flags(cfg),
         # `kubectl logs` goes API server -> node agent (its kubelet endpoint), verified both ways.
         f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
         f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
@@ -163,6 +176,16 @@ def apiserver_command(cfg: ClusterConfig) -> list[str]:
         "--profiling=false",
         "--v=1",
     ]
+
+
+def _service_endpoint_flags(cfg: ClusterConfig) -> list[str]:
+    """The `kubernetes` Service's endpoint. With the real node: the node IP, where the node's proxy
+    carries connections to the API server on host loopback (realnode.py). With the node agent there
+    is none: 127.0.0.1 would be the only address, and Endpoints validation rejects loopback. (Without
+    an advertise address at all the API server looks for a default route, which sandboxes may lack.)"""
+    if cfg.node_kind == "real":
+        return [f"--advertise-address={cfg.node_network.node_ip}", "--endpoint-reconciler-type=lease"]
+    return ["--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
 
 
 def controller_manager_command(cfg: ClusterConfig) -> list[str]:

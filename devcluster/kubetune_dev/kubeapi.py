@@ -167,6 +167,16 @@ class KubeApi:
     def delete(self, path: str, body: JSON | None = None, **query: Any) -> JSON:
         return self.request("DELETE", path, body=body, query=query)
 
+    def apply(self, manifest: JSON, *, field_manager: str) -> JSON:
+        """Server-side apply (create or update) of one object, taking over conflicting fields."""
+        return self.request(
+            "PATCH",
+            object_path(manifest),
+            query={"fieldManager": field_manager, "force": "true"},
+            body=manifest,
+            content_type="application/apply-patch+yaml",  # JSON is YAML
+        )
+
     def watch(self, path: str, *, timeout_seconds: int = 60, **query: Any) -> Iterator[JSON]:
         """Yield watch events ({"type", "object"}) until the server ends the watch.
 
@@ -201,6 +211,15 @@ class KubeApi:
             raise ApiError(0, "ConnectionError", str(exc)) from exc
         finally:
             resp.release_conn()
+
+
+def object_path(manifest: JSON) -> str:
+    """REST path of an object; the plural is the lowercased kind + "s", true of every kind the dev
+    cluster applies (ServiceAccount, ConfigMap, Service, Deployment, ClusterRole(Binding))."""
+    api_version, kind, meta = manifest["apiVersion"], manifest["kind"], manifest["metadata"]
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    namespace = f"/namespaces/{meta['namespace']}" if meta.get("namespace") else ""
+    return f"{base}{namespace}/{kind.lower()}s/{meta['name']}"
 
 
 def _watch_event(line: bytes) -> JSON:

@@ -26,15 +26,40 @@ REQUIRED_BINARIES: tuple[str, ...] = (
     "prometheus",
 )
 
-# Start order; `down` stops in reverse so nothing loses its upstream while still running.
-COMPONENTS: tuple[str, ...] = (
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "agent",
-    "prometheus",
+# The real node's binaries (same script), besides runc and the CNI plugins from Debian.
+REAL_NODE_BINARIES: tuple[str, ...] = (
+    "kubelet",
+    "kube-proxy",
+    "containerd",
+    "containerd-shim-runc-v2",
+    "ctr",
+    "crictl",
+    "coredns",
+    "pause",
 )
+
+NODE_KINDS: tuple[str, ...] = ("agent", "real")
+CONTROL_PLANE: tuple[str, ...] = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# The real node's processes in start order (kubetune_dev/realnode.py): the holder of its mount
+# namespace, the proxy to the API server, containerd, kubelet, kube-proxy, the GPU device plugin.
+REAL_NODE_COMPONENTS: tuple[str, ...] = (
+    "node-namespace",
+    "apiserver-proxy",
+    "containerd",
+    "kubelet",
+    "kube-proxy",
+    "device-plugin",
+)
+
+
+def components_of(node_kind: str) -> tuple[str, ...]:
+    """Start order; `down` stops in reverse so nothing loses its upstream while still running."""
+    node = REAL_NODE_COMPONENTS if node_kind == "real" else ("agent",)
+    return (*CONTROL_PLANE, *node, "prometheus")
+
+
+# The node agent's cluster (the default kind of the Python API).
+COMPONENTS: tuple[str, ...] = components_of("agent")
 
 
 def default_cache(env: Mapping[str, str] | None = None) -> Path:

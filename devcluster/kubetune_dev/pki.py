@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -46,6 +47,8 @@ class ClusterPki:
     front_proxy_client: KeyPair
     service_account_key_pem: bytes
     service_account_pub_pem: bytes
+    # The real node's identities (kubelet client and serving certificates, kube-proxy), if it has one.
+    node: dict[str, KeyPair] = field(default_factory=dict)
 
     def write(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -65,6 +68,7 @@ class ClusterPki:
             "apiserver-kubelet-client": self.apiserver_kubelet_client,
             "agent": self.agent,
             "front-proxy-client": self.front_proxy_client,
+            **self.node,
         }
 
 
@@ -178,7 +182,17 @@ def build_leaf(
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
-def build_cluster_pki(*, service_cluster_ip: str, extra_ips: tuple[str, ...] = ()) -> ClusterPki:
+@dataclass(frozen=True)
+class NodeIdentity:
+    """The real node the certificates are for: its Node name and the IP the API server dials."""
+
+    name: str
+    ip: str
+
+
+def build_cluster_pki(
+    *, service_cluster_ip: str, extra_ips: tuple[str, ...] = (), node: NodeIdentity | None = None
+) -> ClusterPki:
     ca_pair, ca_key, ca_cert = build_ca("kubetune-dev-ca")
 
     def leaf(**kwargs: object) -> KeyPair:
@@ -210,4 +224,18 @@ def build_cluster_pki(*, service_cluster_ip: str, extra_ips: tuple[str, ...] = (
         service_account_pub_pem=sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ),
+        node={} if node is None else _node_pairs(leaf, node),
     )
+
+
+def _node_pairs(leaf: Callable[..., KeyPair], node: NodeIdentity) -> dict[str, KeyPair]:
+    """What kubeadm gives a node: the kubelet's client identity in group system:nodes (the Node
+    authorizer's subject), its serving certificate for the node IP, kube-proxy's identity (bound to
+    system:node-proxier by RBAC's bootstrap policy)."""
+    return {
+        "kubelet-client": leaf(common_name=f"system:node:{node.name}", organization="system:nodes", client=True),
+        "kubelet": leaf(
+            common_name=f"system:node:{node.name}", server=True, dns_names=(node.name,), ip_addresses=(node.ip,)
+        ),
+        "kube-proxy": leaf(common_name="system:kube-proxy", client=True),
+    }

@@ -11,10 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetune_dev.layout import KUBERNETES_VERSION, REQUIRED_BINARIES
+from kubetune_dev import realcluster, realnode
+from kubetune_dev.layout import KUBERNETES_VERSION, REAL_NODE_BINARIES, REQUIRED_BINARIES, Layout
 
 BUILD_HINT = "run hack/build-binaries.sh (builds them into ~/.cache/kubetune; ~30 min the first time)"
-SYSTEM_DEPS_HINT = "run hack/install-system-deps.sh (apt-get install util-linux mount)"
+SYSTEM_DEPS_HINT = (
+    "run hack/install-system-deps.sh (apt-get install util-linux mount; for the real node also runc iptables "
+    "containernetworking-plugins busybox-static)"
+)
 
 
 @dataclass(frozen=True)
@@ -30,9 +34,9 @@ def format_problems(problems: list[Problem]) -> str:
     return "cannot start the dev cluster:\n  " + "\n  ".join(str(p) for p in problems)
 
 
-def check_binaries(bin_dir: Path) -> list[Problem]:
+def check_binaries(bin_dir: Path, *, real_node: bool = False) -> list[Problem]:
     problems = []
-    for name in REQUIRED_BINARIES:
+    for name in (*REQUIRED_BINARIES, *(REAL_NODE_BINARIES if real_node else ())):
         path = bin_dir / name
         if not (path.is_file() and os.access(path, os.X_OK)):
             problems.append(
@@ -51,6 +55,50 @@ def check_host_tools() -> list[Problem]:
     if not missing:
         return []
     return [Problem(f"{', '.join(missing)} not found on PATH (needed by the node agent)", SYSTEM_DEPS_HINT)]
+
+
+# Longest unix socket path the kernel takes (sun_path is 108 bytes with the terminating NUL).
+MAX_SOCKET_PATH = 107
+
+
+def check_real_node_host(layout: Layout) -> list[Problem]:
+    """What the real node needs of the host: root, cgroup v1 controllers, runc, the CNI plugins,
+    iproute2/iptables/nsenter, and a home short enough for containerd's sockets."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append(Problem("the real node needs root (namespaces, mounts, cgroups)", "run as root"))
+    missing = [tool for tool in ("ip", "iptables", "nsenter", "sysctl") if shutil.which(tool) is None]
+    if realcluster.find_runc() is None:
+        missing.append("runc")
+    if missing:
+        problems.append(Problem(f"{', '.join(missing)} not found (needed by the real node)", SYSTEM_DEPS_HINT))
+    if realcluster.cni_bin_dir() is None:
+        problems.append(
+            Problem(
+                f"CNI plugins {', '.join(realcluster.CNI_PLUGINS)} not found in "
+                f"{' or '.join(map(str, realcluster.CNI_BIN_DIRS))}",
+                SYSTEM_DEPS_HINT,
+            )
+        )
+    if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        problems.append(Problem("no cgroup memory controller under /sys/fs/cgroup", "mount the cgroup hierarchies"))
+    socket_path = realnode.NodePaths(layout).containerd_socket
+    if len(f"{socket_path}.ttrpc") > MAX_SOCKET_PATH:
+        problems.append(
+            Problem(
+                f"containerd's socket path {socket_path}.ttrpc is longer than {MAX_SOCKET_PATH} characters",
+                "use a shorter KUBETUNE_DEV_HOME (or --home)",
+            )
+        )
+    return problems
+
+
+def free_node_network_index(rng: random.Random | None = None) -> int:
+    """A real node network (10.244.N.0/24 pods, 10.245.N.0/30 link) no host route touches yet."""
+    free = realnode.free_network_indices(realnode.routed_networks(Path("/proc/net/route").read_text()))
+    if not free:
+        raise RuntimeError("no free 10.244.N.0/24 pod network left on this host")
+    return (rng or random.Random()).choice(free)
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

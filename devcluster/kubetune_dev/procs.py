@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PROC = Path("/proc")
+log = logging.getLogger(__name__)
 
 
 def boot_id() -> str:
@@ -209,3 +213,24 @@ def sweep(key: str, value: str) -> list[int]:
     for pid in killed:
         reap(pid)
     return killed
+
+
+def watch_owner(owner: str, cluster_home: Path, stop: threading.Event) -> None:
+    """Block until `owner` ("pid:starttime", a test session) is gone or `stop` is set; if the owner
+    died first, run `kubetune dev down` on `cluster_home`, detached so it outlives this process."""
+    pid, _, started = owner.partition(":")
+    handle = ProcessHandle(int(pid), int(started), boot_id())
+    while not stop.wait(2.0):
+        if handle.alive():
+            continue
+        log.warning("owner process %s is gone; tearing the cluster down", pid)
+        subprocess.Popen(
+            [sys.executable, "-m", "kubetune.cli", "dev", "--home", str(cluster_home), "down"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd="/",
+        )
+        stop.set()
+        return
