@@ -179,7 +179,13 @@ class DevCluster:
     def up(self, timeout: float = DEFAULT_TIMEOUT) -> ClusterInfo:
         with self._locked():
             if self._looks_like_cluster_home():
-                if self.is_running():
+                running = self.config
+                if running is not None and self.is_running():
+                    if running.node_kind != self.node_kind:
+                        raise DevClusterError(
+                            f"a dev cluster with a {running.node_kind} node runs in {self.layout.home}; "
+                            f"`kubetune dev down` it first, or use another home for a {self.node_kind} node"
+                        )
                     self._log(f"dev cluster already running in {self.layout.home}")
                     return self.info(reused=True)
                 self._log(f"found a stopped or crashed dev cluster in {self.layout.home}; cleaning it up")
@@ -190,9 +196,12 @@ class DevCluster:
             cfg = self._new_config()
             try:
                 self._start(cfg, time.monotonic() + timeout)
-            except BaseException:
+            except BaseException as exc:
                 self._log(f"dev cluster failed to start; logs are in {self.layout.logs_dir}")
                 self._stop_processes(cfg)
+                if isinstance(exc, Exception) and not isinstance(exc, DevClusterError):
+                    # The real node's steps fail with OS and subprocess errors: one error type for callers.
+                    raise DevClusterError(f"{type(exc).__name__}: {exc} (logs: {self.layout.logs_dir})") from exc
                 raise
             return self.info()
 
@@ -247,7 +256,7 @@ class DevCluster:
         return [
             *preflight.check_binaries(self.bin_dir, real_node=real),
             *preflight.check_host_tools(),
-            *(preflight.check_real_node_host(self.layout) if real else []),
+            *(preflight.check_real_node_host() if real else []),
             *preflight.check_ports(self.pinned_ports),
         ]
 
@@ -304,10 +313,10 @@ class DevCluster:
                 real.prepare()
             for name in group:
                 self._spawn(cfg, name, self._command(cfg, name))
-                if real is not None and name in REAL_NODE_COMPONENTS:
-                    real.after_start(name, self._holder_pid())
             for name in group:
                 self._wait_ready(cfg, name, deadline)
+                if real is not None and name in REAL_NODE_COMPONENTS:
+                    real.after_ready(name, self._holder_pid())
         # Pods in `default` need its ServiceAccount (admission rejects them until it exists).
         api = self._api()
         if real is not None:
@@ -389,7 +398,7 @@ class DevCluster:
         if name == "prometheus":
             return _http_ok(f"{cfg.prometheus_url}/-/ready")
         if name in REAL_NODE_COMPONENTS and name != "kubelet":
-            return RealNode(cfg, self._log).ready(name, self._api())
+            return RealNode(cfg, self._log).ready(name, self._api(), self._holder_pid())
         node = self._api().get(f"/api/v1/nodes/{cfg.node_name}")
         conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
         # The node-lifecycle controller lifts the not-ready taint shortly after Ready=True.

@@ -31,12 +31,13 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 @dataclass(frozen=True)
 class Entry:
-    """One file of the image: a copy of `source`, a symlink to `link`, or (neither) a directory."""
+    """One file of the image: a copy of `source`, `content`, a symlink to `link`, or (none) a directory."""
 
     path: str
     source: Path | None = None
     link: str | None = None
     mode: int = 0o755
+    content: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,8 @@ def build_layer(entries: Sequence[Entry]) -> bytes:
                 info.linkname = entry.link
                 info.mode = 0o777
                 tar.addfile(info)
-            elif entry.source is not None:
-                data = entry.source.read_bytes()
+            elif entry.content is not None or entry.source is not None:
+                data = entry.content if entry.content is not None else Path(str(entry.source)).read_bytes()
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
             else:
@@ -216,11 +217,24 @@ def busybox_applets(busybox: Path) -> list[str]:
     return sorted(line for line in out.split() if line)
 
 
+# Users and groups for `id` and anything else that looks them up; a static glibc binary can only use
+# its built-in `files` source, so nsswitch.conf names it.
+BASE_FILES: tuple[Entry, ...] = (
+    Entry(
+        "/etc/passwd",
+        content=f"root:x:0:0:root:/root:/bin/sh\nnonroot:x:{NONROOT_UID}:{NONROOT_UID}::/tmp:/bin/sh\n".encode(),
+        mode=0o644,
+    ),
+    Entry("/etc/group", content=f"root:x:0:\nnonroot:x:{NONROOT_UID}:\n".encode(), mode=0o644),
+    Entry("/etc/nsswitch.conf", content=b"passwd: files\ngroup: files\n", mode=0o644),
+)
+
+
 def busybox_image(busybox: Path, *, user: str = "") -> ImageSpec:
     """A shell and the usual tools from Debian's static busybox (package busybox-static): the test
     image for pods on the real node. `user` sets the image's USER (empty: root, as most images)."""
     applets = busybox_applets(busybox)
-    digest = hashlib.sha256(busybox.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(busybox.read_bytes() + b"".join(e.content or b"" for e in BASE_FILES)).hexdigest()[:12]
     suffix = "-nonroot" if user else ""
     return ImageSpec(
         name=f"{IMAGE_DOMAIN}/busybox:{digest}{suffix}",
@@ -228,6 +242,7 @@ def busybox_image(busybox: Path, *, user: str = "") -> ImageSpec:
             Entry("/bin/busybox", source=busybox),
             *(Entry(f"/{applet}", link="/bin/busybox") for applet in applets if applet != "bin/busybox"),
             Entry("/tmp", mode=0o1777),
+            *BASE_FILES,
         ),
         cmd=("sh",),
         user=user,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubetune_dev import realcluster, realnode
-from kubetune_dev.layout import KUBERNETES_VERSION, REAL_NODE_BINARIES, REQUIRED_BINARIES, Layout
+from kubetune_dev.layout import KUBERNETES_VERSION, REAL_NODE_BINARIES, REQUIRED_BINARIES
 
 BUILD_HINT = "run hack/build-binaries.sh (builds them into ~/.cache/kubetune; ~30 min the first time)"
 SYSTEM_DEPS_HINT = (
@@ -57,13 +57,9 @@ def check_host_tools() -> list[Problem]:
     return [Problem(f"{', '.join(missing)} not found on PATH (needed by the node agent)", SYSTEM_DEPS_HINT)]
 
 
-# Longest unix socket path the kernel takes (sun_path is 108 bytes with the terminating NUL).
-MAX_SOCKET_PATH = 107
-
-
-def check_real_node_host(layout: Layout) -> list[Problem]:
-    """What the real node needs of the host: root, cgroup v1 controllers, runc, the CNI plugins,
-    iproute2/iptables/nsenter, and a home short enough for containerd's sockets."""
+def check_real_node_host() -> list[Problem]:
+    """What the real node needs of the host: root, cgroup controllers, runc, the CNI plugins,
+    iproute2/iptables/nsenter."""
     problems = []
     if os.geteuid() != 0:
         problems.append(Problem("the real node needs root (namespaces, mounts, cgroups)", "run as root"))
@@ -82,14 +78,6 @@ def check_real_node_host(layout: Layout) -> list[Problem]:
         )
     if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
         problems.append(Problem("no cgroup memory controller under /sys/fs/cgroup", "mount the cgroup hierarchies"))
-    socket_path = realnode.NodePaths(layout).containerd_socket
-    if len(f"{socket_path}.ttrpc") > MAX_SOCKET_PATH:
-        problems.append(
-            Problem(
-                f"containerd's socket path {socket_path}.ttrpc is longer than {MAX_SOCKET_PATH} characters",
-                "use a shorter KUBETUNE_DEV_HOME (or --home)",
-            )
-        )
     return problems
 
 

@@ -25,7 +25,7 @@ import yaml
 
 from kubetune_dev import images, nodehost, procs, realnode
 from kubetune_dev.components import ClusterConfig, build_kubeconfig
-from kubetune_dev.kubeapi import ApiError, KubeApi
+from kubetune_dev.kubeapi import KubeApi
 from kubetune_dev.realnode import NodePaths
 
 CNI_PLUGINS: tuple[str, ...] = ("bridge", "host-local", "portmap", "loopback")
@@ -59,7 +59,7 @@ class RealNode:
     def __init__(self, cfg: ClusterConfig, log: Callable[[str], None]) -> None:
         self.cfg = cfg
         self.network = cfg.node_network
-        self.paths = NodePaths(cfg.layout)
+        self.paths = NodePaths(cfg.layout, cfg.cluster_id)
         self._log = log
 
     # ------------------------------------------------------------------ start
@@ -69,6 +69,7 @@ class RealNode:
         cfg, paths, network = self.cfg, self.paths, self.network
         nodehost.create_network(network)
         nodehost.create_cgroups(cfg.cluster_id)
+        paths.sockets_dir.mkdir(parents=True, exist_ok=True)
         for directory in (paths.cni_conf_dir, paths.kubelet_dir, paths.registry_hosts_dir, paths.images_dir):
             directory.mkdir(parents=True, exist_ok=True)
         runc, cni = find_runc(), cni_bin_dir()
@@ -136,14 +137,11 @@ class RealNode:
         dirs = [str(self.cfg.bin_dir), *([str(runc.parent)] if runc else []), "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
         return {"PATH": ":".join(dict.fromkeys(dirs))}
 
-    def after_start(self, name: str, holder_pid: int | None) -> None:
+    def after_ready(self, name: str, holder_pid: int | None) -> None:
+        """What follows once `name` is ready: the node's mounts, the images in containerd."""
         if name == "node-namespace" and holder_pid is not None:
-            # Only once nsenter and unshare have exec'd into `sleep` is its mount namespace the node's;
-            # mounting earlier would mount on the host.
-            self._wait_for(lambda: nodehost.holds_own_mount_namespace(holder_pid), "the node's mount namespace")
             nodehost.setup_mounts(self.paths, holder_pid)
         elif name == "containerd":
-            self._wait_for(self.containerd_ready, "containerd socket")
             self.import_images()
 
     def import_images(self) -> None:
@@ -154,10 +152,12 @@ class RealNode:
             images.import_archive(ctr, self.paths.containerd_socket, archive)
         self._log(f"node images imported in {time.monotonic() - started:.1f}s")
 
-    def ready(self, name: str, api: KubeApi) -> bool:
+    def ready(self, name: str, api: KubeApi, holder_pid: int | None) -> bool:
         network = self.network
         if name == "node-namespace":
-            return True
+            # Only once nsenter and unshare have exec'd into `sleep` is its mount namespace the node's;
+            # mounting earlier would mount on the host.
+            return holder_pid is not None and nodehost.holds_own_mount_namespace(holder_pid)
         if name == "apiserver-proxy":
             return (self.paths.root / "apiserver-proxy.ready").exists()
         if name == "containerd":
@@ -183,16 +183,10 @@ class RealNode:
         for manifest in realnode.build_coredns_manifests(image):
             api.apply(manifest, field_manager="kubetune-dev")
         path = "/apis/apps/v1/namespaces/kube-system/deployments/coredns"
-        self._wait_for(lambda: _available(api.get(path)), "CoreDNS Deployment available", deadline)
-
-    def _wait_for(self, probe: Callable[[], bool], what: str, deadline: float | None = None) -> None:
-        deadline = deadline or time.monotonic() + 60.0
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, ApiError):
-                if probe():
-                    return
+        while not _available(api.get(path)):
+            if time.monotonic() > deadline:
+                raise TimeoutError("CoreDNS did not become available; see `kubectl -n kube-system describe pods`")
             time.sleep(0.2)
-        raise TimeoutError(f"timed out waiting for {what}")
 
     # ------------------------------------------------------------------ stop
 
@@ -210,9 +204,11 @@ class RealNode:
         nodehost.kill_netns_processes(self.network)
         stop("node-namespace")
         nodehost.delete_network(self.network)
+        shutil.rmtree(self.paths.sockets_dir, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
-        return nodehost.leftovers(self.network, self.cfg.cluster_id, self.cfg.home)
+        found = nodehost.leftovers(self.network, self.cfg.cluster_id, self.cfg.home)
+        return found + ([f"directory {self.paths.sockets_dir}"] if self.paths.sockets_dir.exists() else [])
 
 
 def _available(deployment: dict[str, Any]) -> bool:

@@ -129,15 +129,26 @@ def free_network_indices(routes: list[ipaddress.IPv4Network]) -> list[int]:
     return free
 
 
+# Unix sockets live here, not in the cluster home: a socket path must stay under 104 characters
+# (containerd's limit), and a home may be deep (pytest's temporary directories are).
+SOCKETS_ROOT = Path("/run/kubetune")
+
+
 @dataclass(frozen=True)
 class NodePaths:
-    """Where the real node keeps its state: everything under `<home>/node`."""
+    """Where the real node keeps its state: everything under `<home>/node`, sockets under
+    /run/kubetune/<cluster id>."""
 
     layout: Layout
+    cluster_id: str
 
     @property
     def root(self) -> Path:
         return self.layout.home / "node"
+
+    @property
+    def sockets_dir(self) -> Path:
+        return SOCKETS_ROOT / self.cluster_id
 
     @property
     def containerd_dir(self) -> Path:
@@ -149,7 +160,7 @@ class NodePaths:
 
     @property
     def containerd_socket(self) -> Path:
-        return self.containerd_dir / "containerd.sock"
+        return self.sockets_dir / "containerd.sock"
 
     @property
     def registry_hosts_dir(self) -> Path:
@@ -186,7 +197,7 @@ class NodePaths:
     @property
     def device_plugins_dir(self) -> Path:
         """Bound at /var/lib/kubelet/device-plugins in the node (the kubelet's fixed path)."""
-        return self.root / "device-plugins"
+        return self.sockets_dir / "device-plugins"
 
     def kubeconfig(self, component: str) -> Path:
         return self.root / f"{component}.kubeconfig"
@@ -198,7 +209,7 @@ class NodePaths:
             "/var/log/pods": self.root / "log" / "pods",
             "/var/log/containers": self.root / "log" / "containers",
             "/var/lib/cni": self.root / "cni" / "state",
-            "/run/containerd": self.root / "run" / "containerd",
+            "/run/containerd": self.sockets_dir / "containerd",  # the shims' sockets
         }
 
 

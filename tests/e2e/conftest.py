@@ -8,6 +8,10 @@
 - `kube` (session): typed API clients for the admin kubeconfig.
 - `namespace`: a fresh namespace per test enforcing Pod Security `restricted`, deleted (and waited for) afterwards.
 - `prometheus_url`: the dev Prometheus.
+- `real_cluster_ctl`, `real_cluster`, `real_kube`, `real_namespace` (marker `realnode`): the same for a
+  second cluster whose node is real (kubelet, containerd, runc, CNI, kube-proxy, CoreDNS, device
+  plugin: `kubetune dev up --node real`), started on first use. KUBETUNE_REUSE_REAL_CLUSTER=1 reuses
+  (or starts) the real-node cluster of `kubetune dev up --node real` ($KUBETUNE_DEV_HOME) instead.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kubernetes.client.rest import ApiException
@@ -27,12 +32,16 @@ from kubetune_dev.testing import Kube
 NAMESPACE_DELETE_TIMEOUT = 180.0
 
 
-@pytest.fixture(scope="session")
-def dev_cluster_ctl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
-    reuse = os.environ.get("KUBETUNE_REUSE_CLUSTER") == "1"
+def _session_cluster(
+    tmp_path_factory: pytest.TempPathFactory, reuse_env: str, name: str, **kwargs: Any
+) -> Iterator[DevCluster]:
+    reuse = os.environ.get(reuse_env) == "1"
     # A private home unless reusing, so a test run never touches the developer's own cluster.
-    # Owned by this process: if pytest is killed, the node agent tears the cluster down.
-    cluster = DevCluster() if reuse else DevCluster(tmp_path_factory.mktemp("kubetune-dev"), owner_pid=os.getpid())
+    # Owned by this process: if pytest is killed, the cluster tears itself down.
+    if reuse:
+        cluster = DevCluster(**kwargs)
+    else:
+        cluster = DevCluster(tmp_path_factory.mktemp(name), owner_pid=os.getpid(), **kwargs)
     try:
         cluster.up()
     except DevClusterError as exc:
@@ -42,6 +51,34 @@ def dev_cluster_ctl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevClu
     yield cluster
     if not reuse:
         cluster.down()
+
+
+@pytest.fixture(scope="session")
+def dev_cluster_ctl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    yield from _session_cluster(tmp_path_factory, "KUBETUNE_REUSE_CLUSTER", "kubetune-dev")
+
+
+@pytest.fixture(scope="session")
+def real_cluster_ctl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    yield from _session_cluster(tmp_path_factory, "KUBETUNE_REUSE_REAL_CLUSTER", "kt-real", node_kind="real")
+
+
+@pytest.fixture(scope="session")
+def real_cluster(real_cluster_ctl: DevCluster) -> ClusterInfo:
+    return real_cluster_ctl.info()
+
+
+@pytest.fixture(scope="session")
+def real_kube(real_cluster: ClusterInfo) -> Iterator[Kube]:
+    clients = Kube.from_kubeconfig(real_cluster.kubeconfig)
+    yield clients
+    clients.close()
+
+
+@pytest.fixture
+def real_namespace(real_kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh `restricted` namespace on the real-node cluster, deleted (and waited for) afterwards."""
+    yield from _test_namespace(real_kube, request)
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +102,10 @@ def prometheus_url(dev_cluster: ClusterInfo) -> str:
 def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace named after the test, enforcing Pod Security `restricted` like the examples';
     deleted afterwards, waiting until it is gone so pods (and the GPUs they hold) never leak into the next test."""
+    yield from _test_namespace(kube, request)
+
+
+def _test_namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = fresh_namespace(kube.core, slug)
     # Pods are rejected until the ServiceAccount controller created `default`.

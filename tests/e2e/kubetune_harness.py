@@ -20,7 +20,8 @@ from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from kubetune_dev.testing import poll
+from kubetune_dev.cluster import ClusterInfo
+from kubetune_dev.testing import Kube, poll
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -34,6 +35,7 @@ POD_SECURITY_LABELS: dict[str, str] = {
 }
 
 T = TypeVar("T")
+POD_TIMEOUT = 120.0  # seconds a single pod gets to reach a phase
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 300.0, interval: float = 0.5) -> T:
@@ -215,3 +217,33 @@ def prometheus_query(url: str, promql: str) -> list[dict[str, Any]]:
     assert payload["status"] == "success", payload
     result: list[dict[str, Any]] = payload["data"]["result"]
     return result
+
+
+def phase(kube: Kube, namespace: str, name: str) -> str:
+    return str(kube.core.read_namespaced_pod(name, namespace).status.phase)
+
+
+def wait_phase(kube: Kube, namespace: str, name: str, *phases: str, timeout: float = POD_TIMEOUT) -> client.V1Pod:
+    def reached() -> client.V1Pod | None:
+        pod = kube.core.read_namespaced_pod(name, namespace)
+        return pod if pod.status.phase in phases else None
+
+    return poll(f"pod {namespace}/{name} in {phases}", reached, timeout)
+
+
+def wait_gone(kube: Kube, namespace: str, name: str, timeout: float = POD_TIMEOUT) -> None:
+    def gone() -> bool:
+        try:
+            kube.core.read_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return False
+
+    poll(f"pod {namespace}/{name} deleted", gone, timeout)
+
+
+def kubectl(info: ClusterInfo, *args: str) -> str:
+    env = dict(os.environ, KUBECONFIG=str(info.kubeconfig))
+    return subprocess.run(["kubectl", *args], env=env, check=True, capture_output=True, text=True, timeout=60).stdout

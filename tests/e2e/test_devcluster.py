@@ -22,7 +22,15 @@ from typing import Any
 import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from kubetune_harness import restricted_container_context, restricted_pod_context
+from kubetune_harness import (
+    kubectl,
+    phase,
+    prometheus_query,
+    restricted_container_context,
+    restricted_pod_context,
+    wait_gone,
+    wait_phase,
+)
 
 from kubetune_dev import procs
 from kubetune_dev.cluster import ClusterInfo, DevCluster
@@ -71,31 +79,6 @@ def python_pod(
     )
 
 
-def phase(kube: Kube, namespace: str, name: str) -> str:
-    return str(kube.core.read_namespaced_pod(name, namespace).status.phase)
-
-
-def wait_phase(kube: Kube, namespace: str, name: str, *phases: str, timeout: float = TIMEOUT) -> client.V1Pod:
-    def reached() -> client.V1Pod | None:
-        pod = kube.core.read_namespaced_pod(name, namespace)
-        return pod if pod.status.phase in phases else None
-
-    return poll(f"pod {namespace}/{name} in {phases}", reached, timeout)
-
-
-def wait_gone(kube: Kube, namespace: str, name: str, timeout: float = TIMEOUT) -> None:
-    def gone() -> bool:
-        try:
-            kube.core.read_namespaced_pod(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return True
-            raise
-        return False
-
-    poll(f"pod {namespace}/{name} deleted", gone, timeout)
-
-
 def pod_log(info: ClusterInfo, kube: Kube, namespace: str, name: str) -> str:
     pod = kube.core.read_namespaced_pod(name, namespace)
     path = info.pod_log(namespace, name, pod.metadata.uid, "main")
@@ -107,19 +90,6 @@ def wait_log(info: ClusterInfo, kube: Kube, namespace: str, name: str, needle: s
         f"{needle!r} in the log of {name}",
         lambda: text if needle in (text := pod_log(info, kube, namespace, name)) else None,
     )
-
-
-def prometheus_query(url: str, promql: str) -> list[dict[str, Any]]:
-    query = urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=10) as resp:
-        answer = json.load(resp)
-    assert answer["status"] == "success", answer
-    return list(answer["data"]["result"])
-
-
-def kubectl(info: ClusterInfo, *args: str) -> str:
-    env = dict(os.environ, KUBECONFIG=str(info.kubeconfig))
-    return subprocess.run(["kubectl", *args], env=env, check=True, capture_output=True, text=True, timeout=60).stdout
 
 
 # --------------------------------------------------------------------------- control plane

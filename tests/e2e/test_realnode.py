@@ -1,0 +1,314 @@
+"""The dev cluster's real node: kubelet, containerd, runc, CNI bridge, kube-proxy, CoreDNS and the
+fake-GPU device plugin (`kubetune dev up --node real`, devcluster/kubetune_dev/realnode.py).
+
+Pods here run the images imported at `dev up` (kubetune_dev/images.py): a busybox image as root and
+as the non-root user 65532. No test asserts how long anything takes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from kubetune_harness import (
+    kubectl,
+    phase,
+    prometheus_query,
+    restricted_container_context,
+    restricted_pod_context,
+    wait_for,
+    wait_phase,
+)
+
+from kubetune_dev.cluster import ClusterInfo, DevCluster
+from kubetune_dev.layout import MARKER_ENV
+from kubetune_dev.procs import processes_with_env
+from kubetune_dev.realcluster import RealNode, node_images
+from kubetune_dev.testing import Kube
+
+pytestmark = pytest.mark.realnode
+
+
+def image(info: ClusterInfo, name: str = "busybox-nonroot") -> str:
+    return node_images(info.bin_dir)[name].name
+
+
+def pod_cidr(info: ClusterInfo) -> ipaddress.IPv4Network:
+    cfg = DevCluster(info.home).config
+    assert cfg is not None
+    return cfg.node_network.pod_cidr
+
+
+def busybox_pod(
+    info: ClusterInfo,
+    name: str,
+    script: str,
+    *,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    ports: list[client.V1ContainerPort] | None = None,
+    limits: dict[str, str] | None = None,
+    restart_policy: str = "Never",
+) -> client.V1Pod:
+    """A pod the `restricted` Pod Security profile admits, running `sh -c script` as user 65532."""
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, labels=labels, annotations=annotations),
+        spec=client.V1PodSpec(
+            restart_policy=restart_policy,
+            security_context=restricted_pod_context(),
+            containers=[
+                client.V1Container(
+                    name="main",
+                    image=image(info),
+                    command=["sh", "-c", script],
+                    ports=ports,
+                    resources=client.V1ResourceRequirements(limits=limits) if limits else None,
+                    security_context=restricted_container_context(),
+                )
+            ],
+        ),
+    )
+
+
+def logs(kube: Kube, namespace: str, name: str) -> str:
+    return str(kube.core.read_namespaced_pod_log(name, namespace))
+
+
+def wait_log(kube: Kube, namespace: str, name: str, needle: str) -> str:
+    return wait_for(
+        f"{needle!r} in the log of {name}",
+        lambda: text if needle in (text := logs(kube, namespace, name)) else None,
+        timeout=120,
+    )
+
+
+def test_real_node_is_ready_with_containerd_2_and_four_gpus(real_cluster: ClusterInfo) -> None:
+    wide = kubectl(real_cluster, "get", "nodes", "-o", "wide")
+    row = next(line for line in wide.splitlines() if line.startswith(real_cluster.node_name))
+    assert " Ready " in row and "containerd://2." in row, wide
+    node = json.loads(kubectl(real_cluster, "get", "node", real_cluster.node_name, "-o", "json"))
+    assert node["status"]["capacity"]["nvidia.com/gpu"] == "4"
+    assert node["status"]["allocatable"]["nvidia.com/gpu"] == "4"
+    assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.34.4"
+    assert node["metadata"]["labels"]["kubetune.io/node-kind"] == "real"
+
+
+def test_pods_get_bridge_ips_services_resolve_by_name_and_logs_work(
+    real_cluster: ClusterInfo, real_kube: Kube, real_namespace: str
+) -> None:
+    ns = real_namespace
+    web = busybox_pod(
+        real_cluster,
+        "web",
+        "mkdir -p /tmp/www && echo hello-from-$HOSTNAME > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www",
+        labels={"app": "web"},
+        ports=[client.V1ContainerPort(container_port=8080, name="http")],
+    )
+    real_kube.core.create_namespaced_pod(ns, web)
+    real_kube.core.create_namespaced_service(
+        ns,
+        client.V1Service(
+            metadata=client.V1ObjectMeta(name="web"),
+            spec=client.V1ServiceSpec(selector={"app": "web"}, ports=[client.V1ServicePort(port=80, target_port=8080)]),
+        ),
+    )
+    running = wait_phase(real_kube, ns, "web", "Running")
+    assert ipaddress.ip_address(running.status.pod_ip) in pod_cidr(real_cluster)
+    # By Service name (CoreDNS, search path from the kubelet), through kube-proxy's Service address.
+    probe = busybox_pod(
+        real_cluster,
+        "probe",
+        f"nslookup web.{ns}.svc.cluster.local; "
+        # (busybox 1.35's `wget -T` crashes; kube-proxy's rules may lag the pod by a moment.)
+        "until wget -qO- http://web/; do sleep 1; done; "
+        "echo resolv; cat /etc/resolv.conf",
+    )
+    real_kube.core.create_namespaced_pod(ns, probe)
+    finished = wait_phase(real_kube, ns, "probe", "Succeeded", "Failed")
+    text = logs(real_kube, ns, "probe")  # `kubectl logs`: API server -> kubelet -> containerd's log file
+    assert finished.status.phase == "Succeeded", text
+    service_ip = real_kube.core.read_namespaced_service("web", ns).spec.cluster_ip
+    assert re.search(rf"Name:\s+web\.{ns}\.svc\.cluster\.local\s+Address:\s+{re.escape(service_ip)}", text), text
+    assert "hello-from-web" in text
+    assert "nameserver 10.0.0.10" in text and f"search {ns}.svc.cluster.local" in text
+    assert ipaddress.ip_address(finished.status.pod_ip) in pod_cidr(real_cluster)
+
+
+def test_pods_reach_the_api_server_through_the_kubernetes_service(
+    real_cluster: ClusterInfo, real_kube: Kube, real_namespace: str
+) -> None:
+    ns = real_namespace
+    # Plain HTTP to the Service's HTTPS port: only the real API server answers this way.
+    probe = busybox_pod(
+        real_cluster,
+        "api",
+        'echo "service $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"; '
+        'printf "GET /version HTTP/1.0\\r\\n\\r\\n" | nc -w 5 kubernetes.default.svc 443',
+    )
+    real_kube.core.create_namespaced_pod(ns, probe)
+    wait_phase(real_kube, ns, "api", "Succeeded", "Failed")
+    text = logs(real_kube, ns, "api")
+    assert "service 10.0.0.1:443" in text
+    assert "Client sent an HTTP request to an HTTPS server" in text, text
+    # An in-cluster client-go program (CoreDNS) lists and watches through the same Service: Ready
+    # means its kubernetes plugin synced with the API server over TLS with its ServiceAccount token.
+    coredns = real_kube.apps.read_namespaced_deployment("coredns", "kube-system")
+    assert coredns.status.ready_replicas == 1
+    endpoints = real_kube.core.read_namespaced_endpoints("kubernetes", "default")
+    cfg = DevCluster(real_cluster.home).config
+    assert cfg is not None
+    assert [a.ip for a in endpoints.subsets[0].addresses] == [cfg.node_network.node_ip]
+
+
+def test_kubectl_exec_runs_in_the_container(real_cluster: ClusterInfo, real_kube: Kube, real_namespace: str) -> None:
+    ns = real_namespace
+    real_kube.core.create_namespaced_pod(ns, busybox_pod(real_cluster, "shell", "exec sleep 3600"))
+    wait_phase(real_kube, ns, "shell", "Running")
+    out = kubectl(real_cluster, "exec", "-n", ns, "shell", "--", "sh", "-c", "id -u; cat /proc/1/cmdline")
+    assert out.splitlines()[0] == "65532"
+    assert "sleep" in out
+
+
+def test_six_pods_share_four_gpus_without_sharing_a_device(
+    real_cluster: ClusterInfo, real_kube: Kube, real_namespace: str
+) -> None:
+    """The kubelet's device manager assigns the device plugin's devices: 4 run, 2 wait, none shared."""
+    ns = real_namespace
+    names = [f"gpu-{i}" for i in range(6)]
+    for name in names:
+        pod = busybox_pod(
+            real_cluster,
+            name,
+            'echo "CUDA=$CUDA_VISIBLE_DEVICES NVIDIA=$NVIDIA_VISIBLE_DEVICES"; exec sleep 3600',
+            limits={"nvidia.com/gpu": "1"},
+        )
+        real_kube.core.create_namespaced_pod(ns, pod)
+
+    def settled() -> dict[str, list[str]] | None:
+        pods = real_kube.core.list_namespaced_pod(ns).items
+        running = [p.metadata.name for p in pods if p.status.phase == "Running"]
+        unschedulable = [
+            p.metadata.name
+            for p in pods
+            if p.status.phase == "Pending"
+            and any(c.type == "PodScheduled" and c.reason == "Unschedulable" for c in p.status.conditions or [])
+        ]
+        return {"running": running, "waiting": unschedulable} if len(running) == 4 and len(unschedulable) == 2 else None
+
+    state = wait_for("4 GPU pods running and 2 unschedulable", settled, timeout=180)
+    devices = {}
+    for name in state["running"]:
+        line = wait_log(real_kube, ns, name, "CUDA=")
+        match = re.search(r"CUDA=(\S*) NVIDIA=(\S*)", line)
+        assert match and match.group(1) == match.group(2), line
+        devices[name] = match.group(1)
+    assert sorted(devices.values()) == ["0", "1", "2", "3"], devices
+    waiting = real_kube.core.read_namespaced_pod(state["waiting"][0], ns)
+    message = next(c.message for c in waiting.status.conditions if c.type == "PodScheduled")
+    assert "nvidia.com/gpu" in message, message
+
+    # Freeing one device lets one waiting pod start on exactly that device.
+    freed_pod = state["running"][0]
+    real_kube.core.delete_namespaced_pod(freed_pod, ns, grace_period_seconds=0)
+    started = wait_for(
+        "a waiting GPU pod running",
+        lambda: next((n for n in state["waiting"] if phase(real_kube, ns, n) == "Running"), None),
+        timeout=180,
+    )
+    line = wait_log(real_kube, ns, started, "CUDA=")
+    assert f"CUDA={devices[freed_pod]} " in line, (line, devices)
+
+
+def test_prometheus_scrapes_a_trial_pod_on_its_pod_ip(
+    real_cluster: ClusterInfo, real_kube: Kube, real_namespace: str
+) -> None:
+    """The scrape contract (kubetune.io/scrape, a port named `metrics`, kubetune.io/metrics-path)
+    for a pod on the real node: Prometheus on the host reaches it on its bridge address."""
+    ns = real_namespace
+    script = (
+        "mkdir -p /tmp/www && printf '# TYPE kubetune_e2e_real_node gauge\\nkubetune_e2e_real_node 42\\n' "
+        "> /tmp/www/metrics.txt && exec httpd -f -p 9100 -h /tmp/www"
+    )
+    pod = busybox_pod(
+        real_cluster,
+        "trial-0",
+        script,
+        labels={"kubetune.io/scrape": "true", "kubetune.io/job": "job-real", "kubetune.io/trial": "trial-0"},
+        annotations={"kubetune.io/metrics-path": "/metrics.txt"},
+        ports=[client.V1ContainerPort(container_port=9100, name="metrics")],
+    )
+    real_kube.core.create_namespaced_pod(ns, pod)
+    pod_ip = wait_phase(real_kube, ns, "trial-0", "Running").status.pod_ip
+    series = wait_for(
+        "kubetune_e2e_real_node scraped",
+        lambda: prometheus_query(real_cluster.prometheus_url, f'kubetune_e2e_real_node{{namespace="{ns}"}}'),
+        timeout=120,
+    )
+    labels = series[0]["metric"]
+    assert series[0]["value"][1] == "42"
+    assert labels["kubetune_io_job"] == "job-real" and labels["kubetune_io_trial"] == "trial-0"
+    assert labels["pod"] == "trial-0" and labels["container"] == "main"
+    assert labels["instance"] == f"{pod_ip}:9100"
+    assert ipaddress.ip_address(pod_ip) in pod_cidr(real_cluster)
+
+
+@pytest.fixture
+def second_real_cluster(tmp_path: Path) -> Iterator[DevCluster]:
+    cluster = DevCluster(tmp_path / "second", node_kind="real", owner_pid=os.getpid())
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+def iptables_rules() -> set[str]:
+    out = subprocess.run(["iptables-save"], check=True, capture_output=True, text=True).stdout
+    return {line for line in out.splitlines() if not line.startswith("#") and not line.startswith(":")}
+
+
+def test_down_removes_every_container_mount_interface_and_chain(
+    real_cluster: ClusterInfo, second_real_cluster: DevCluster
+) -> None:
+    """A second real-node cluster beside the session's: both run kube-proxy and CNI, in their own
+    network namespaces; after `down` nothing of the second is left on the host."""
+    host_rules_before = iptables_rules()
+    info = second_real_cluster.up()
+    cfg = second_real_cluster.config
+    assert cfg is not None
+    kube = Kube.from_kubeconfig(info.kubeconfig)
+    try:
+        kube.core.create_namespaced_pod("default", busybox_pod(info, "leftover", "exec sleep 3600"))
+        kube.core.create_namespaced_service(
+            "default",
+            client.V1Service(
+                metadata=client.V1ObjectMeta(name="leftover"),
+                spec=client.V1ServiceSpec(selector={"x": "y"}, ports=[client.V1ServicePort(port=80)]),
+            ),
+        )
+        wait_phase(kube, "default", "leftover", "Running")
+        node = RealNode(cfg, print)
+        node_rules = subprocess.run(
+            ["ip", "netns", "exec", cfg.node_network.netns, "iptables-save"], check=True, capture_output=True, text=True
+        ).stdout
+        assert "KUBE-SERVICES" in node_rules and str(cfg.node_network.pod_cidr) in node_rules
+        assert node.leftovers(), "a running node shows up in leftovers()"
+    finally:
+        kube.close()
+    second_real_cluster.down()
+
+    assert RealNode(cfg, print).leftovers() == []
+    assert not list(processes_with_env(MARKER_ENV, cfg.cluster_id))
+    assert not info.home.exists()
+    # The host's own tables never held the node's chains (other tools on a shared host may change
+    # them meanwhile, so only what would be ours is looked for); the session cluster's node is untouched.
+    added = iptables_rules() - host_rules_before
+    ours = [r for r in added if "KUBE-" in r or str(cfg.node_network.pod_cidr) in r or cfg.node_network.host_veth in r]
+    assert not ours, ours
+    assert " Ready " in kubectl(real_cluster, "get", "nodes")
