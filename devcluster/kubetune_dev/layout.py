@@ -44,7 +44,7 @@ CONTROL_PLANE: tuple[str, ...] = ("etcd", "kube-apiserver", "kube-controller-man
 # namespace, the proxy to the API server, containerd, kubelet, kube-proxy, the GPU device plugin.
 REAL_NODE_COMPONENTS: tuple[str, ...] = (
     "node-namespace",
-    "apiserver-proxy",
+    "node-proxy",
     "containerd",
     "kubelet",
     "kube-proxy",

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from kubetune_dev import images, nodehost, procs, realnode
+from kubetune_dev import nodehost, nodeimages, procs, realnode
 from kubetune_dev.components import ClusterConfig, build_kubeconfig
 from kubetune_dev.kubeapi import KubeApi
 from kubetune_dev.realnode import NodePaths
@@ -46,12 +46,12 @@ def find_runc() -> Path | None:
     return Path(found) if found else None
 
 
-def node_images(bin_dir: Path) -> dict[str, images.ImageSpec]:
+def node_images(bin_dir: Path) -> dict[str, nodeimages.ImageSpec]:
     """What `dev up` imports into the node's containerd: the sandbox, CoreDNS and the test images."""
-    specs = {"pause": images.pause_image(bin_dir), "coredns": images.coredns_image(bin_dir)}
+    specs = {"pause": nodeimages.pause_image(bin_dir), "coredns": nodeimages.coredns_image(bin_dir)}
     if BUSYBOX.is_file():
-        specs["busybox"] = images.busybox_image(BUSYBOX)
-        specs["busybox-nonroot"] = images.busybox_image(BUSYBOX, user=str(images.NONROOT_UID))
+        specs["busybox"] = nodeimages.busybox_image(BUSYBOX)
+        specs["busybox-nonroot"] = nodeimages.busybox_image(BUSYBOX, user=str(nodeimages.NONROOT_UID))
     return specs
 
 
@@ -77,7 +77,7 @@ class RealNode:
         procs.write_atomic(
             paths.containerd_config,
             realnode.build_containerd_config(
-                paths, runc=runc, cni_bin_dir=cni, sandbox_image=images.pause_image(cfg.bin_dir).name
+                paths, runc=runc, cni_bin_dir=cni, sandbox_image=nodeimages.pause_image(cfg.bin_dir).name
             ),
         )
         cni_config = realnode.build_cni_config(network, paths)
@@ -107,13 +107,13 @@ class RealNode:
         cfg, paths, network = self.cfg, self.paths, self.network
         if name == "node-namespace":
             return realnode.holder_command(network)
-        if name == "apiserver-proxy":
+        if name == "node-proxy":
             port = cfg.ports.apiserver
             return [
                 str(cfg.python), "-m", "kubetune_dev.netns_proxy", f"--netns={network.netns_path}",
                 f"--forward=127.0.0.1:{port}=127.0.0.1:{port}",
                 f"--forward={network.node_ip}:{port}=127.0.0.1:{port}",
-                f"--ready-file={paths.root / 'apiserver-proxy.ready'}",
+                f"--ready-file={paths.root / 'node-proxy.ready'}",
             ]  # fmt: skip
         if name == "device-plugin":
             owner = [f"--owner={cfg.owner}", f"--cluster-home={cfg.home}"] if cfg.owner else []
@@ -148,8 +148,8 @@ class RealNode:
         started = time.monotonic()
         ctr = self.cfg.bin_dir / "ctr"
         for spec in node_images(self.cfg.bin_dir).values():
-            archive = images.write_archive(spec, self.paths.images_dir)
-            images.import_archive(ctr, self.paths.containerd_socket, archive)
+            archive = nodeimages.write_archive(spec, self.paths.images_dir)
+            nodeimages.import_archive(ctr, self.paths.containerd_socket, archive)
         self._log(f"node images imported in {time.monotonic() - started:.1f}s")
 
     def ready(self, name: str, api: KubeApi, holder_pid: int | None) -> bool:
@@ -158,8 +158,8 @@ class RealNode:
             # Only once nsenter and unshare have exec'd into `sleep` is its mount namespace the node's;
             # mounting earlier would mount on the host.
             return holder_pid is not None and nodehost.holds_own_mount_namespace(holder_pid)
-        if name == "apiserver-proxy":
-            return (self.paths.root / "apiserver-proxy.ready").exists()
+        if name == "node-proxy":
+            return (self.paths.root / "node-proxy.ready").exists()
         if name == "containerd":
             return self.containerd_ready()
         if name == "kube-proxy":
@@ -179,7 +179,7 @@ class RealNode:
 
     def install_addons(self, api: KubeApi, deadline: float) -> None:
         """CoreDNS, applied server-side, and waited for until its Deployment is available."""
-        image = images.coredns_image(self.cfg.bin_dir).name
+        image = nodeimages.coredns_image(self.cfg.bin_dir).name
         for manifest in realnode.build_coredns_manifests(image):
             api.apply(manifest, field_manager="kubetune-dev")
         path = "/apis/apps/v1/namespaces/kube-system/deployments/coredns"

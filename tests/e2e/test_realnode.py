@@ -1,7 +1,7 @@
 """The dev cluster's real node: kubelet, containerd, runc, CNI bridge, kube-proxy, CoreDNS and the
 fake-GPU device plugin (`kubetune dev up --node real`, devcluster/kubetune_dev/realnode.py).
 
-Pods here run the images imported at `dev up` (kubetune_dev/images.py): a busybox image as root and
+Pods here run the images imported at `dev up` (kubetune_dev/nodeimages.py): a busybox image as root and
 as the non-root user 65532. No test asserts how long anything takes.
 """
 

@@ -111,7 +111,7 @@ def build_config(spec: ImageSpec, diff_id: str) -> dict[str, Any]:
         "os": "linux",
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "kubetune_dev.images"}],
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "kubetune_dev.nodeimages"}],
     }
 
 
