@@ -111,25 +111,38 @@ async def _serve_connection(fwd: Forward, reader: asyncio.StreamReader, writer: 
 
 
 async def serve(netns: str, forwards: list[Forward], ready_file: str | None = None) -> None:
+    """Forward until cancelled."""
     sockets = listen_in(netns, forwards)
     servers = []
-    for fwd, sock in zip(forwards, sockets, strict=True):
+    try:
+        for fwd, sock in zip(forwards, sockets, strict=True):
 
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, fwd: Forward = fwd) -> None:
-            await _serve_connection(fwd, reader, writer)
+            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, fwd: Forward = fwd) -> None:
+                await _serve_connection(fwd, reader, writer)
 
-        servers.append(await asyncio.start_server(handle, sock=sock))
-        log.info("forwarding %s:%d (in %s) -> %s:%d", fwd.listen_host, fwd.listen_port, netns, *fwd.target)
-    if ready_file:
-        with open(ready_file, "w") as out:
-            out.write("ready\n")
+            servers.append(await asyncio.start_server(handle, sock=sock))
+            log.info("forwarding %s:%d (in %s) -> %s:%d", fwd.listen_host, fwd.listen_port, netns, *fwd.target)
+        if ready_file:
+            with open(ready_file, "w") as out:
+                out.write("ready\n")
+        await asyncio.Event().wait()
+    finally:
+        for server in servers:
+            server.close()
+
+
+async def _run_until_signalled(netns: str, forwards: list[Forward], ready_file: str | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for server in servers:
-        server.close()
+    task = asyncio.create_task(serve(netns, forwards, ready_file))
+    done, _ = await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()  # a listener that failed to open: raise it
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-file", help="written once every listener is open")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(serve(args.netns, args.forward, args.ready_file))
+    asyncio.run(_run_until_signalled(args.netns, args.forward, args.ready_file))
     return 0
 
 
