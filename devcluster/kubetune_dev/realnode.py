@@ -14,8 +14,9 @@ removes all of them by deleting that namespace. Mounts made by the kubelet and c
 container root filesystems, pod network namespaces) exist only in the node's mount namespace and
 vanish with it; the fixed host paths the kubelet and containerd insist on (/var/lib/kubelet/device-plugins,
 /var/log/pods, /var/lib/cni, /run/containerd) are bind mounts of directories in the cluster home
-there. The API server stays on host loopback; `kubetune_dev.netns_proxy` carries connections from
-the node's loopback and node IP to it (the `kubernetes` Service's endpoint is the node IP). Only
+there. The API server stays on host loopback; the `node-proxy` component (kubetune_dev.netns_proxy)
+carries connections from the node's loopback and node IP to it (the `kubernetes` Service's endpoint
+is the node IP). Only
 loopback and the cluster's own 10.244.N.0/24 and 10.245.N.0/30 carry traffic; the node has no
 default route.
 """
