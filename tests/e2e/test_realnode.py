@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
 from kubetune_harness import (
     kubectl,
     phase,
@@ -82,11 +83,16 @@ def logs(kube: Kube, namespace: str, name: str) -> str:
 
 
 def wait_log(kube: Kube, namespace: str, name: str, needle: str) -> str:
-    return wait_for(
-        f"{needle!r} in the log of {name}",
-        lambda: text if needle in (text := logs(kube, namespace, name)) else None,
-        timeout=120,
-    )
+    def found() -> str | None:
+        try:
+            text = logs(kube, namespace, name)
+        except ApiException as exc:
+            if exc.status == 400:  # the container has not started yet
+                return None
+            raise
+        return text if needle in text else None
+
+    return wait_for(f"{needle!r} in the log of {name}", found, timeout=120)
 
 
 def test_real_node_is_ready_with_containerd_2_and_four_gpus(real_cluster: ClusterInfo) -> None:
@@ -312,3 +318,119 @@ def test_down_removes_every_container_mount_interface_and_chain(
     ours = [r for r in added if "KUBE-" in r or str(cfg.node_network.pod_cidr) in r or cfg.node_network.host_veth in r]
     assert not ours, ours
     assert " Ready " in kubectl(real_cluster, "get", "nodes")
+
+
+# --------------------------------------------------------------------------- what only a real node enforces
+
+
+def terminated(kube: Kube, namespace: str, name: str) -> client.V1ContainerStateTerminated:
+    pod = wait_phase(kube, namespace, name, "Succeeded", "Failed")
+    state = pod.status.container_statuses[0].state
+    assert state.terminated is not None, pod.status
+    return state.terminated
+
+
+def test_a_container_over_its_memory_limit_is_oom_killed_by_the_kernel(
+    real_cluster: ClusterInfo, real_kube: Kube, real_namespace: str
+) -> None:
+    pod = busybox_pod(
+        real_cluster,
+        "hog",
+        # The container's main process (as a trainer would be) holds a 256 MiB block: four times the limit.
+        "exec dd if=/dev/zero of=/dev/null bs=256M count=4",
+        limits={"memory": "64Mi"},
+    )
+    real_kube.core.create_namespaced_pod(real_namespace, pod)
+    state = terminated(real_kube, real_namespace, "hog")
+    assert (state.exit_code, state.reason) == (137, "OOMKilled"), state
+
+
+def test_read_only_root_filesystem_is_enforced_and_volumes_stay_writable(
+    real_cluster: ClusterInfo, real_kube: Kube, real_namespace: str
+) -> None:
+    pod = busybox_pod(
+        real_cluster,
+        "ro",
+        "touch /marker 2>&1; echo rootfs=$?; touch /scratch/marker && echo volume=$?",
+    )
+    container = pod.spec.containers[0]
+    container.security_context.read_only_root_filesystem = True
+    container.volume_mounts = [client.V1VolumeMount(name="scratch", mount_path="/scratch")]
+    pod.spec.volumes = [client.V1Volume(name="scratch", empty_dir=client.V1EmptyDirVolumeSource())]
+    real_kube.core.create_namespaced_pod(real_namespace, pod)
+    assert terminated(real_kube, real_namespace, "ro").exit_code == 0
+    text = logs(real_kube, real_namespace, "ro")
+    assert "Read-only file system" in text and "rootfs=1" in text, text
+    assert "volume=0" in text, text
+
+
+def test_run_as_non_root_refuses_an_image_that_runs_as_root(
+    real_cluster: ClusterInfo, real_kube: Kube, real_namespace: str
+) -> None:
+    """The `restricted` profile admits the pod (runAsNonRoot: true); the kubelet refuses to start
+    the root image, as with pytorch/pytorch or NGC images, until runAsUser names a user."""
+    refused = busybox_pod(real_cluster, "as-root", "id -u")
+    refused.spec.containers[0].image = image(real_cluster, "busybox")
+    real_kube.core.create_namespaced_pod(real_namespace, refused)
+
+    def waiting() -> client.V1ContainerStateWaiting | None:
+        statuses = real_kube.core.read_namespaced_pod("as-root", real_namespace).status.container_statuses or []
+        state = statuses[0].state.waiting if statuses else None
+        return state if state is not None and state.reason == "CreateContainerConfigError" else None
+
+    state = wait_for("CreateContainerConfigError", waiting, timeout=120)
+    assert "runAsNonRoot and image will run as root" in state.message, state.message
+    assert phase(real_kube, real_namespace, "as-root") == "Pending"
+
+    allowed = busybox_pod(real_cluster, "as-user", "id -u")
+    allowed.spec.containers[0].image = image(real_cluster, "busybox")
+    allowed.spec.security_context.run_as_user = 1000
+    real_kube.core.create_namespaced_pod(real_namespace, allowed)
+    assert terminated(real_kube, real_namespace, "as-user").exit_code == 0
+    assert logs(real_kube, real_namespace, "as-user").strip().splitlines()[0] == "1000"
+
+
+def test_termination_message_comes_from_the_containers_file(
+    real_cluster: ClusterInfo, real_kube: Kube, real_namespace: str
+) -> None:
+    pod = busybox_pod(real_cluster, "msg", 'printf \'{"objective": 0.25}\' > /dev/termination-log; exit 3')
+    real_kube.core.create_namespaced_pod(real_namespace, pod)
+    state = terminated(real_kube, real_namespace, "msg")
+    assert (state.exit_code, state.reason, state.message) == (3, "Error", '{"objective": 0.25}')
+
+
+def final_status_while_deleted(kube: Kube, namespace: str, name: str, grace: int) -> client.V1ContainerStateTerminated:
+    """Delete with a grace period and return the terminated state the kubelet reported last."""
+    last: client.V1ContainerStateTerminated | None = None
+    watcher = watch.Watch()
+    kube.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace)
+    for event in watcher.stream(
+        kube.core.list_namespaced_pod, namespace, field_selector=f"metadata.name={name}", timeout_seconds=120
+    ):
+        statuses = event["object"].status.container_statuses or []
+        if statuses and statuses[0].state.terminated is not None:
+            last = statuses[0].state.terminated
+        if event["type"] == "DELETED":
+            watcher.stop()
+    assert last is not None, "the kubelet reported no terminated state before the pod was removed"
+    return last
+
+
+def test_graceful_deletion_delivers_sigterm_and_kills_after_the_grace_period(
+    real_cluster: ClusterInfo, real_kube: Kube, real_namespace: str
+) -> None:
+    ns = real_namespace
+    polite = busybox_pod(
+        real_cluster,
+        "polite",
+        "trap 'echo -n stopped-cleanly > /dev/termination-log; exit 0' TERM; echo up; while true; do sleep 1; done",
+    )
+    stubborn = busybox_pod(real_cluster, "stubborn", "trap '' TERM; echo up; while true; do sleep 1; done")
+    for pod in (polite, stubborn):
+        real_kube.core.create_namespaced_pod(ns, pod)
+    for name in ("polite", "stubborn"):
+        wait_log(real_kube, ns, name, "up")
+    handled = final_status_while_deleted(real_kube, ns, "polite", grace=30)
+    assert (handled.exit_code, handled.message) == (0, "stopped-cleanly"), handled
+    killed = final_status_while_deleted(real_kube, ns, "stubborn", grace=2)
+    assert killed.exit_code == 137, killed
