@@ -90,6 +90,8 @@ def setup_mounts(paths: NodePaths, holder_pid: int) -> None:
         # The mount point must exist on the host; an empty standard directory is all that is left there.
         Path(target).mkdir(parents=True, exist_ok=True)
         _run(*enter, "mount", "--bind", str(source), target)
+    # The node resolves no names of the host's: its image pulls go to loopback registries only.
+    _run(*enter, "mount", "--bind", "-o", "ro", str(paths.resolv_conf), "/etc/resolv.conf")
     paths.tunables_dir.mkdir(parents=True, exist_ok=True)
     for key, value in KUBELET_KERNEL_TUNABLES.items():
         shown = paths.tunables_dir / key.replace("/", ".")

@@ -185,6 +185,7 @@ class NodePaths:
 
     @property
     def resolv_conf(self) -> Path:
+        """Empty: the node's /etc/resolv.conf and the kubelet's base for pods (no host name servers)."""
         return self.root / "resolv.conf"
 
     @property

@@ -434,3 +434,37 @@ def test_graceful_deletion_delivers_sigterm_and_kills_after_the_grace_period(
     assert (handled.exit_code, handled.message) == (0, "stopped-cleanly"), handled
     killed = final_status_while_deleted(real_kube, ns, "stubborn", grace=2)
     assert killed.exit_code == 137, killed
+
+
+def test_pods_that_cannot_start_say_why(real_cluster: ClusterInfo, real_kube: Kube, real_namespace: str) -> None:
+    """The kubelet's waiting reasons and the scheduler's condition that the operator reports."""
+    ns = real_namespace
+    bad_tag = busybox_pod(real_cluster, "bad-tag", "true")
+    bad_tag.spec.containers[0].image = "kubetune.local/busybox:no-such-tag"
+    no_secret = busybox_pod(real_cluster, "no-secret", "true")
+    no_secret.spec.containers[0].env = [
+        client.V1EnvVar(
+            name="TOKEN",
+            value_from=client.V1EnvVarSource(secret_key_ref=client.V1SecretKeySelector(name="missing", key="token")),
+        )
+    ]
+    too_big = busybox_pod(real_cluster, "too-big", "true", limits={"nvidia.com/gpu": "5"})
+    for pod in (bad_tag, no_secret, too_big):
+        real_kube.core.create_namespaced_pod(ns, pod)
+
+    def waiting(name: str, reasons: set[str]) -> client.V1ContainerStateWaiting | None:
+        statuses = real_kube.core.read_namespaced_pod(name, ns).status.container_statuses or []
+        state = statuses[0].state.waiting if statuses else None
+        return state if state is not None and state.reason in reasons else None
+
+    pull = wait_for("a pull error", lambda: waiting("bad-tag", {"ErrImagePull", "ImagePullBackOff"}), timeout=120)
+    assert "kubetune.local/busybox:no-such-tag" in pull.message, pull.message
+    config = wait_for("CreateContainerConfigError", lambda: waiting("no-secret", {"CreateContainerConfigError"}))
+    assert config.message == 'secret "missing" not found', config.message
+
+    def unschedulable() -> client.V1PodCondition | None:
+        conditions = real_kube.core.read_namespaced_pod("too-big", ns).status.conditions or []
+        return next((c for c in conditions if c.type == "PodScheduled" and c.reason == "Unschedulable"), None)
+
+    condition = wait_for("too-big unschedulable", unschedulable, timeout=120)
+    assert "Insufficient nvidia.com/gpu" in condition.message, condition.message
