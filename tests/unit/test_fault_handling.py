@@ -247,3 +247,26 @@ def test_final_trials_reach_the_ledger_at_the_next_reconcile_and_deleted_ones_le
     assert ledger.last_failed is None
     controller._forget(KEY)  # the job is gone
     assert not controller.is_settled(KEY, "digits-1")
+
+
+def test_a_wake_up_is_set_again_after_the_previous_one_fired() -> None:
+    """A fired timer must not stand for a future wake-up: metrics polls, deferred counter writes and
+    deadlines all rely on enqueue_after, again and again for the same job."""
+    controller = Controller(OperatorConfig(), KubeClient(Credentials("https://127.0.0.1:1", None, None, None, True,
+                                                                     None, None)))
+    queued: list[tuple[str, str]] = []
+    controller.enqueue = queued.append  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        controller.enqueue_after(KEY, 0.01)
+        await asyncio.sleep(0.05)
+        assert queued == [KEY]
+        controller.enqueue_after(KEY, 0.01)  # the first handle has fired; this one must be set
+        await asyncio.sleep(0.05)
+        assert queued == [KEY, KEY]
+        controller.enqueue_after(KEY, 0.01)
+        controller.enqueue_after(KEY, 10.0)  # a later wake-up does not replace an earlier one
+        await asyncio.sleep(0.05)
+        assert queued == [KEY, KEY, KEY]
+
+    asyncio.run(scenario())

@@ -137,8 +137,10 @@ class Controller:
     def enqueue_after(self, key: Key, delay: float) -> None:
         timer = self._timers.get(key)
         loop = asyncio.get_running_loop()
-        due = loop.time() + delay
-        if timer is not None and not timer.cancelled() and timer.when() <= due:
+        now = loop.time()
+        due = now + delay
+        # A handle that fired keeps its (past) due time: only one still to come stands for an earlier wake-up.
+        if timer is not None and not timer.cancelled() and now < timer.when() <= due:
             return  # an earlier wake-up is already set
         if timer is not None:
             timer.cancel()
