@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from kubetune_harness import (
     fresh_namespace,
     install_crds,
     prometheus_query,
+    script_trial_template,
     wait_for,
 )
 
@@ -274,3 +276,41 @@ def test_suspend_resume_and_raised_budget_continue_the_job(tuning: tuple[Cluster
     assert [t["metadata"]["name"] for t in trials] == [f"resumable-{i}" for i in range(4)]
     assert job["status"]["counts"]["succeeded"] == 4 and job["status"]["progress"] == "4/4"
     assert (condition(job, "Succeeded") or {}).get("reason") == "MaxTrialsReached"
+
+
+# What the kubelet's `$(VAR)` expansion would rewrite, were values not escaped (`$$` is its escape).
+DOLLAR_VALUES = ["$(KUBETUNE_JOB)", "$$(HOME)", "$(", "trailing$", "$", "a$b"]
+ECHO_SCRIPT = """
+import json, os, sys
+print(json.dumps({"argv": sys.argv[1:], "env": os.environ["KUBETUNE_PARAM_X"],
+                  "params": json.loads(os.environ["KUBETUNE_PARAMS"])["x"], "own": os.environ["OWN"]}))
+open(os.environ["KUBETUNE_TERMINATION_MESSAGE_PATH"], "w").write('{"status": "completed", "metrics": {"ok": 1}}')
+"""
+
+
+def test_parameter_values_reach_the_container_literally(tuning: tuple[Cluster, OperatorProcess]) -> None:
+    """Values with `$(...)`, `$$` or a lone `$` arrive byte for byte in argv, KUBETUNE_PARAM_*, KUBETUNE_PARAMS
+    and substituted env values: nothing on the way expands them."""
+    cluster, operator = tuning
+    cluster.create_job({
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": "dollars"},
+        "spec": {
+            "objective": {"metric": "ok", "goal": "maximize"},
+            "parameters": [{"name": "x", "type": "categorical", "values": DOLLAR_VALUES}],
+            "algorithm": {"name": "grid"},
+            "budget": {"maxTrials": len(DOLLAR_VALUES), "parallelism": 3},
+            "trialTemplate": script_trial_template(ECHO_SCRIPT, args=["${params.x}", "--x=${params.x}"],
+                                                   env=[{"name": "OWN", "value": "own:${params.x}"}]),
+        },
+    })
+    job = cluster.wait_finished("dollars", timeout=300)
+    assert job["status"]["phase"] == "Succeeded", (job["status"], operator.log_tail())
+    seen = []
+    for pod in cluster.pods("dollars"):
+        trial = next(t for t in cluster.trials("dollars") if t["metadata"]["name"] == pod.metadata.labels[
+            "kubetune.io/trial"])
+        value = trial["spec"]["parameters"]["x"]
+        printed = json.loads(cluster.core.read_namespaced_pod_log(pod.metadata.name, cluster.namespace).strip())
+        assert printed == {"argv": [value, f"--x={value}"], "env": value, "params": value, "own": f"own:{value}"}
+        seen.append(value)
+    assert sorted(seen) == sorted(DOLLAR_VALUES)
