@@ -77,7 +77,7 @@ def test_bayesian_job_completes_with_best_trial_and_prometheus_series(
     assert job["status"]["bestTrial"]["objective"] == best["status"]["objective"]
     assert job["status"]["bestTrial"]["objective"] > 0.8  # a real model on digits
     assert job["status"]["counts"] == {"created": 12, "pending": 0, "running": 0, "succeeded": 12, "failed": 0,
-                                       "earlyStopped": 0}
+                                       "earlyStopped": 0, "cancelled": 0}
     assert job["status"]["progress"] == "12/12"
     # Every trial's curve reached Prometheus through pod discovery.
     series = prometheus_query(

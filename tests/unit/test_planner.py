@@ -207,7 +207,9 @@ def test_failed_attempt_is_retried_then_fails_the_job_past_the_budget() -> None:
     assert failed.reason == "TooManyFailedTrials" and "exit code 1" in failed.message
     assert [d.name for d in result.of_type(DeletePod)] == ["digits-2-1"]
     stopped = next(a for a in result.of_type(PatchTrialStatus) if a.trial == "digits-2")
-    assert stopped.status["phase"] == "EarlyStopped" and stopped.status["reason"] == "JobFinished"
+    assert stopped.status["phase"] == "Cancelled" and stopped.status["reason"] == "JobFinished"
+    assert result.status.counts.cancelled == 1 and result.status.counts.early_stopped == 0
+    assert any(isinstance(a, Event) and a.reason == "TrialCancelled" and a.name == "digits-2" for a in result.actions)
     assert not result.of_type(CreateTrial)
 
 

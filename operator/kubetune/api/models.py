@@ -585,6 +585,11 @@ class TrialCounts(KubeModel):
     succeeded: int = 0
     failed: int = 0
     early_stopped: int = 0
+    cancelled: int = Field(default=0, description="Trials still active when the job finished, stopped with it.")
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed + self.early_stopped + self.cancelled
 
 
 class BestTrial(KubeModel):
@@ -644,11 +649,12 @@ class TrialPhase(StrEnum):
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
-    EARLY_STOPPED = "EarlyStopped"
+    EARLY_STOPPED = "EarlyStopped"  # stopped by the early-stopping rule
+    CANCELLED = "Cancelled"  # still active when the job finished (failed, reached its target or deadline)
 
     @property
     def finished(self) -> bool:
-        return self in (TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED)
+        return self in (TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED, TrialPhase.CANCELLED)
 
 
 class TrialSpec(KubeModel):

@@ -9,7 +9,8 @@ Trial lifecycle, as decided here from the trial's pods:
 
     (no pod) -> Pending -> Running -> Succeeded            objective from the termination message
                                    -> Failed -> retry as attempt n+1 while retries last, else Failed
-                                   -> EarlyStopped           the rule (or the job's end) stopped it
+                                   -> EarlyStopped           the early-stopping rule stopped it
+                                   -> Cancelled              the job finished while it was active
 """
 
 from __future__ import annotations
@@ -302,6 +303,7 @@ def _counts(ledger: Ledger, statuses: Sequence[TrialStatus]) -> TrialCounts:
         succeeded=by_phase[TrialPhase.SUCCEEDED],
         failed=by_phase[TrialPhase.FAILED],
         early_stopped=by_phase[TrialPhase.EARLY_STOPPED],
+        cancelled=by_phase[TrialPhase.CANCELLED],
     )
 
 
@@ -507,7 +509,8 @@ def plan(
         for t, status in zip(active, statuses, strict=True):
             if status.phase in (TrialPhase.PENDING, TrialPhase.RUNNING):
                 _stop_trial(result, t, status, pods_by_trial, observations, now, "JobFinished",
-                            f"the job finished ({finished[1]}) while this trial was active", None)
+                            f"the job finished ({finished[1]}) while this trial was active", None,
+                            phase=TrialPhase.CANCELLED)
         counts = _counts(ledger, statuses)
 
     result.actions.extend(_prune_finished_pods(settled_with_pods, pods_by_trial, settings.keep_finished_pods))
@@ -568,12 +571,13 @@ def _stop_trial(
     reason: str,
     message: str,
     decision: EarlyStopDecision | None,
+    phase: TrialPhase = TrialPhase.EARLY_STOPPED,
 ) -> None:
     name = trial.metadata.name
     curve = observations.curves.get(name)
     if curve:
         status.intermediate = [list(p) for p in curve]
-    status.phase = TrialPhase.EARLY_STOPPED
+    status.phase = phase
     status.early_stopping = decision
     status.objective = status.intermediate[-1][1] if status.intermediate else None
     status.reason = reason
@@ -582,7 +586,8 @@ def _stop_trial(
     for pod in pods_by_trial.get(name, []):
         if not pod.terminal and not pod.deleting:
             result.actions.append(DeletePod(pod.name, f"trial {name}: {reason}"))
-    result.actions.append(Event("Trial", name, "Normal", "TrialEarlyStopped" if decision else reason, message))
+    event_reason = "TrialEarlyStopped" if phase == TrialPhase.EARLY_STOPPED else "TrialCancelled"
+    result.actions.append(Event("Trial", name, "Normal", event_reason, message))
 
 
 def _job_status(
@@ -600,7 +605,7 @@ def _job_status(
     status = job.status.model_copy(deep=True)
     conditions = set_condition(status.conditions, "Valid", ConditionStatus.TRUE, "Valid", "", stamp, generation)
     active = counts.pending + counts.running
-    finished_count = counts.succeeded + counts.failed + counts.early_stopped
+    finished_count = counts.finished
     if finished is not None:
         phase, reason, message = finished
         status.completion_time = status.completion_time or stamp
