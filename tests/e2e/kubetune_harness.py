@@ -182,6 +182,9 @@ class Cluster:
         selector = f"involvedObject.name={name}"
         return list(self.core.list_namespaced_event(self.namespace, field_selector=selector).items)
 
+    def all_events(self) -> list[Any]:
+        return list(self.core.list_namespaced_event(self.namespace).items)
+
     def wait_finished(self, name: str, timeout: float = 600.0) -> dict[str, Any]:
         def finished() -> dict[str, Any] | None:
             job = self.job(name)

@@ -4,6 +4,7 @@ before a reconcile read them, and job status writes that never drop another writ
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -11,8 +12,8 @@ from kubetune.api import Trial, TuningJobStatus
 from kubetune.controller.planner import CreateTrial, Event, Plan
 from kubetune.handlers.config import OperatorConfig
 from kubetune.handlers.runtime import Controller
-from kubetune.k8s.apply import JobRef, PlanApplier
-from kubetune.k8s.client import ApiError, Conflict, Credentials, KubeClient, NotFound
+from kubetune.k8s.apply import JobRef, PlanApplier, event_name
+from kubetune.k8s.client import AlreadyExists, ApiError, Conflict, Credentials, KubeClient, NotFound
 
 KEY = ("ml", "digits")
 
@@ -270,3 +271,36 @@ def test_a_wake_up_is_set_again_after_the_previous_one_fired() -> None:
         assert queued == [KEY, KEY, KEY]
 
     asyncio.run(scenario())
+
+
+def test_an_event_already_posted_is_not_posted_again_nor_an_error() -> None:
+    """Events of one transition share a name: a repeat is answered 409 and dropped quietly."""
+
+    class NamedEventsClient:
+        requests_total = 0
+
+        def __init__(self) -> None:
+            self.names: list[str] = []
+
+        async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+            name = body["metadata"]["name"]
+            if name in self.names:
+                raise AlreadyExists(409, "AlreadyExists", f'events "{name}" already exists')
+            self.names.append(name)
+            return body
+
+    async def scenario() -> list[str]:
+        client = NamedEventsClient()
+        applier = PlanApplier(client)  # type: ignore[arg-type]
+        succeeded = Event("Trial", "digits-0", "Normal", "TrialSucceeded", "m", key="uid-0/TrialSucceeded")
+        for _ in range(3):
+            result = await applier.apply(JobRef("ml", "digits", "uid"), Plan(actions=[succeeded]),
+                                         lambda _: {}, lambda _: None, {})
+            assert result.errors == []
+        await applier.events.flush()
+        await applier.events.close()
+        return client.names
+
+    names = asyncio.run(scenario())
+    assert names == [event_name("digits-0", "uid-0/TrialSucceeded")]
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", names[0]) and len(names[0]) <= 253

@@ -108,6 +108,14 @@ class Event:
     type: str  # Normal or Warning
     reason: str
     message: str
+    # The transition this Event reports, e.g. "<trial uid>/TrialSucceeded". The Event's name is derived from
+    # it, so a transition planned twice (a reconcile from a stale cache, a restart) is posted once: the API
+    # server refuses the second. "" for Events without such an identity.
+    key: str = ""
+
+
+def transition_key(*parts: object) -> str:
+    return "/".join(str(p) for p in parts)
 
 
 Action = CreateTrial | CreatePod | DeletePod | PatchTrialStatus | Event
@@ -192,6 +200,7 @@ def advance_trial(
     """An active trial's next status from its pods, and the pod actions that go with it."""
     spec = job.spec
     name = trial.metadata.name
+    trial_id = trial.metadata.uid or name
     status = trial.status.model_copy(deep=True)
     step = _TrialStep(status=status)
 
@@ -213,13 +222,15 @@ def advance_trial(
         status.reason = reason
         status.message = _short(message, 2048)
         status.completion_time = status.completion_time or _iso(now)
-        step.actions.append(Event("Trial", name, "Warning", "TrialFailed", f"{reason}: {_short(message)}"))
+        step.actions.append(Event("Trial", name, "Warning", "TrialFailed", f"{reason}: {_short(message)}",
+                                  transition_key(trial_id, "TrialFailed")))
 
     def attempt_failed(reason: str, message: str) -> None:
         if attempts < max_attempts:
             step.actions.append(
                 Event("Trial", name, "Warning", "TrialRetried",
-                      f"attempt {attempts} failed ({reason}: {_short(message, 200)}); starting attempt {attempts + 1}")
+                      f"attempt {attempts} failed ({reason}: {_short(message, 200)}); starting attempt {attempts + 1}",
+                      transition_key(trial_id, "TrialRetried", attempts))
             )
             new_attempt(attempts + 1)
         else:
@@ -261,7 +272,8 @@ def advance_trial(
             status.reason = "Completed"
             status.message = None
             step.actions.append(
-                Event("Trial", name, "Normal", "TrialSucceeded", f"{spec.objective.metric}={objective:.6g}")
+                Event("Trial", name, "Normal", "TrialSucceeded", f"{spec.objective.metric}={objective:.6g}",
+                      transition_key(trial_id, "TrialSucceeded"))
             )
         return step
     if pod.phase == "Failed":
@@ -386,7 +398,7 @@ def _finish_reason(
 
 
 def plan_invalid(
-    name: str, job_status: TuningJobStatus, generation: int | None, message: str, now: datetime
+    name: str, job_status: TuningJobStatus, generation: int | None, message: str, now: datetime, uid: str | None = None
 ) -> Plan:
     """A spec the operator cannot run: say why in the status, do nothing else."""
     status = job_status.model_copy(deep=True)
@@ -400,7 +412,8 @@ def plan_invalid(
     changed = status.to_wire() != job_status.to_wire()
     actions: list[Action] = []
     if changed:
-        actions.append(Event("TuningJob", name, "Warning", "InvalidSpec", _short(message)))
+        actions.append(Event("TuningJob", name, "Warning", "InvalidSpec", _short(message),
+                             transition_key(uid or name, "InvalidSpec", generation)))
     return Plan(actions=actions, status=status if changed else None)
 
 
@@ -422,9 +435,10 @@ def plan(
     problem = validate_job(job)
     generation = job.metadata.generation
     if problem is not None:
-        return plan_invalid(job.metadata.name, job.status, generation, problem, now)
+        return plan_invalid(job.metadata.name, job.status, generation, problem, now, job.metadata.uid)
 
     spec = job.spec
+    job_id = job.metadata.uid or job.metadata.name
     ledger = ledger if ledger is not None else Ledger()
     active: list[Trial] = []
     for t in trials:
@@ -498,7 +512,7 @@ def plan(
                 first_pod = build_trial_pod(job, name, 1, parameters, trial_uid=None)
                 result.actions.append(CreateTrial(trial=manifest, pod=first_pod))
                 result.actions.append(Event("TuningJob", job.metadata.name, "Normal", "TrialCreated",
-                                            f"{name}: {parameters}"))
+                                            f"{name}: {parameters}", transition_key(job_id, "TrialCreated", name)))
             counts.created += len(suggestions)
             counts.pending += len(suggestions)
             if len(suggestions) < slots and counts.pending + counts.running == 0:
@@ -525,7 +539,9 @@ def plan(
         result.status = None
     elif finished is not None and job.status.phase != finished[0]:
         kind = "Normal" if finished[0] == TuningJobPhase.SUCCEEDED else "Warning"
-        result.actions.append(Event("TuningJob", job.metadata.name, kind, finished[1], finished[2]))
+        # Once per finish: a job reopened (a raised budget) and finished again has more trials or a newer spec.
+        result.actions.append(Event("TuningJob", job.metadata.name, kind, finished[1], finished[2],
+                                    transition_key(job_id, finished[1], generation, counts.created)))
 
     result.requeue_after = _requeue_after(job, counts, finished, start, now, settings)
     return result
@@ -587,7 +603,8 @@ def _stop_trial(
         if not pod.terminal and not pod.deleting:
             result.actions.append(DeletePod(pod.name, f"trial {name}: {reason}"))
     event_reason = "TrialEarlyStopped" if phase == TrialPhase.EARLY_STOPPED else "TrialCancelled"
-    result.actions.append(Event("Trial", name, "Normal", event_reason, message))
+    result.actions.append(Event("Trial", name, "Normal", event_reason, message,
+                                transition_key(trial.metadata.uid or name, event_reason)))
 
 
 def _job_status(

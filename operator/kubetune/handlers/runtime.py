@@ -288,7 +288,8 @@ class Controller:
                 current = TuningJobStatus.model_validate(old_status)
             except ValidationError:
                 current = TuningJobStatus()
-            invalid = plan_invalid(name, current, metadata.get("generation"), _validation_message(error), now)
+            invalid = plan_invalid(name, current, metadata.get("generation"), _validation_message(error), now,
+                                   metadata.get("uid"))
             await self.applier.apply(ref, invalid, lambda _: {}, lambda _: None, old_status)
             return
 
