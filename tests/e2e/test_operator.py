@@ -25,7 +25,7 @@ from kubetune_harness import (
     wait_for,
 )
 
-from kubetune_dev.cluster import ClusterInfo
+from kubetune_dev.cluster import ClusterInfo, DevCluster
 
 
 @pytest.fixture(scope="module")
@@ -321,3 +321,95 @@ def test_parameter_values_reach_the_container_literally(tuning: tuple[Cluster, O
         assert printed == {"argv": [value, f"--x={value}"], "env": value, "params": value, "own": f"own:{value}"}
         seen.append(value)
     assert sorted(seen) == sorted(DOLLAR_VALUES)
+
+
+# A bring-your-own trial that reports only to Prometheus, in its own metric names, and never writes a
+# termination message: the objective can only come from the job's objective.promql.
+PROMETHEUS_ONLY_SCRIPT = """
+import json, os, time
+from prometheus_client import Gauge, start_http_server
+x = json.loads(os.environ["KUBETUNE_PARAMS"])["x"]
+start_http_server(int(os.environ["KUBETUNE_METRICS_PORT"]), addr=os.environ["KUBETUNE_METRICS_ADDRESS"])
+by_step, final = Gauge("my_score", "score by step", ["step"]), Gauge("my_final", "final score")
+for step in (1, 2, 3):
+    by_step.labels(str(step)).set(x * step / 3)
+    time.sleep(1.5)
+final.set(x)
+time.sleep(5)  # a few scrapes (every second on the dev cluster) before the pod goes
+"""
+PROMQL_OBJECTIVES = {
+    # One series per step (the highest step is the final value) ...
+    "promql-steps": 'max by (step) (last_over_time(my_score{kubetune_io_trial="{{trial}}"}[15m]))',
+    # ... or one series without a step label, taken as the latest value.
+    "promql-latest": 'last_over_time(my_final{kubetune_io_trial="{{trial}}"}[15m])',
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROMQL_OBJECTIVES))
+def test_an_objective_from_promql_alone_finishes_the_job(tuning: tuple[Cluster, OperatorProcess], name: str) -> None:
+    cluster, operator = tuning
+    values = [0.2, 0.5, 0.9]
+    cluster.create_job({
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": name},
+        "spec": {
+            "objective": {"metric": "score", "goal": "maximize", "promql": PROMQL_OBJECTIVES[name]},
+            "parameters": [{"name": "x", "type": "discrete", "values": values}],
+            "algorithm": {"name": "grid"},
+            "budget": {"maxTrials": 3, "parallelism": 3},
+            "trialTemplate": script_trial_template(PROMETHEUS_ONLY_SCRIPT),
+        },
+    })
+    job = cluster.wait_finished(name, timeout=300)
+    assert job["status"]["phase"] == "Succeeded", (job["status"], operator.log_tail())
+    for trial in cluster.trials(name):
+        status = trial["status"]
+        assert status["phase"] == "Succeeded" and status["objective"] == pytest.approx(trial["spec"]["parameters"]["x"])
+        if name == "promql-steps":
+            assert [step for step, _ in status["intermediate"]] == [1.0, 2.0, 3.0]
+    assert job["status"]["bestTrial"]["parameters"] == {"x": 0.9}
+    assert job["status"]["bestTrial"]["objective"] == pytest.approx(0.9)
+
+
+SLOW_TRIAL_SCRIPT = """
+import json, os, time
+time.sleep(6)
+open(os.environ["KUBETUNE_TERMINATION_MESSAGE_PATH"], "w").write(json.dumps(
+    {"status": "completed", "metrics": {"score": json.loads(os.environ["KUBETUNE_PARAMS"])["x"]}}))
+"""
+
+
+def test_metrics_available_tells_the_truth_through_a_prometheus_outage(
+    tuning: tuple[Cluster, OperatorProcess], dev_cluster_ctl: DevCluster
+) -> None:
+    """False (with one Warning Event) while Prometheus is down, and still False when the job finishes meanwhile:
+    a reconcile that asked Prometheus nothing never claims it reachable."""
+    cluster, operator = tuning
+    cluster.create_job({
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": "outage"},
+        "spec": {
+            "objective": {"metric": "score", "goal": "maximize"},
+            "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
+            "earlyStopping": {"rule": "median"},
+            "budget": {"maxTrials": 4, "parallelism": 2},
+            "trialTemplate": script_trial_template(SLOW_TRIAL_SCRIPT),
+        },
+    })
+
+    def metrics_status(expected: str) -> bool:
+        found = condition(cluster.job("outage"), "MetricsAvailable")
+        return bool(found and found["status"] == expected)
+
+    wait_for("MetricsAvailable=True", lambda: metrics_status("True"), timeout=120)
+    dev_cluster_ctl.stop_component("prometheus")
+    try:
+        wait_for("MetricsAvailable=False", lambda: metrics_status("False"), timeout=120)
+        job = cluster.wait_finished("outage", timeout=300)
+        time.sleep(3)  # reconciles after the finish must not flip it back
+        job = cluster.job("outage")
+    finally:
+        dev_cluster_ctl.start_component("prometheus")
+    assert job["status"]["phase"] == "Succeeded", (job["status"], operator.log_tail())
+    metrics = condition(job, "MetricsAvailable")
+    assert metrics is not None and metrics["status"] == "False" and metrics["reason"] == "PrometheusUnavailable"
+    reasons = [e.reason for e in cluster.events("outage")]
+    assert reasons.count("MetricsUnavailable") == 1 and "MetricsAvailable" not in reasons, reasons

@@ -92,6 +92,7 @@ def test_deployment_is_hardened_and_single() -> None:
         "KUBETUNE_NAMESPACES": "",
         "KUBETUNE_WORKERS": "4",
         "KUBETUNE_METRICS_POLL_SECONDS": "2",
+        "KUBETUNE_FINAL_METRICS_GRACE_SECONDS": "30",
         "KUBETUNE_RESYNC_SECONDS": "30",
         "KUBETUNE_KEEP_FINISHED_PODS": "1000",
         "KUBETUNE_OPERATOR_METRICS_PORT": "9102",

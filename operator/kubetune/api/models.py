@@ -92,8 +92,13 @@ class Objective(KubeModel):
         description=(
             "PromQL template for the objective when trials do not follow the trainer contract. "
             "Placeholders {{namespace}}, {{job}}, {{trial}} and {{metric}} are replaced by escaped "
-            "label values; the query must return one series per reported step with a `step` label, "
-            "or a single series (taken as the latest value)."
+            "label values; the query must return one series per reported step with a `step` label "
+            "(the learning curve early stopping compares), or a single series (the latest value). "
+            "When a trial's pod finishes, the query's answer is its objective (the single series, else "
+            "the value at the highest step), ahead of its termination message; a trial with no answer "
+            "yet waits for one (the operator's KUBETUNE_FINAL_METRICS_GRACE_SECONDS, default 30) "
+            "before it fails with MetricsUnavailable. Use last_over_time(...[15m]) so a finished pod's "
+            "last samples still count."
         ),
     )
 

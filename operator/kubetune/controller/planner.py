@@ -38,9 +38,9 @@ from kubetune.api import (
     TuningJobStatus,
 )
 from kubetune.controller import naming
-from kubetune.controller.conditions import remove_condition, set_condition
+from kubetune.controller.conditions import find_condition, remove_condition, set_condition
 from kubetune.controller.ledger import FINAL_PHASES, Ledger, SettledTrial, beats, history_entry
-from kubetune.controller.observe import PodView
+from kubetune.controller.observe import PodView, TerminationReport
 from kubetune.controller.templates import build_trial, build_trial_pod, template_placeholders
 from kubetune.search import History, StopDecision
 
@@ -57,6 +57,9 @@ class Observations:
     curves: dict[str, Curve] = field(default_factory=dict)  # trial -> [(step, objective)], ascending steps
     finals: dict[str, dict[str, float]] = field(default_factory=dict)  # trial -> final metrics
     problem: tuple[str, str] | None = None  # (reason, message) when degraded
+    # Whether Prometheus was asked for this plan at all: MetricsAvailable follows answers only, so a reconcile
+    # that needed nothing from Prometheus (a finished job) never claims it is reachable.
+    asked: bool = False
 
     @property
     def available(self) -> bool:
@@ -135,6 +138,9 @@ class Plan:
 @dataclass(frozen=True)
 class PlannerSettings:
     metrics_poll_seconds: float = 2.0  # how often running trials are compared (early stopping)
+    # How long a finished trial whose objective must come from Prometheus (objective.promql, or Prometheus not
+    # answering) waits for it before it fails with MetricsUnavailable.
+    final_metrics_grace_seconds: float = 30.0
     # Finished pods kept per job once their trial's result is recorded; older ones are deleted so
     # etcd and every watch cache stay bounded at any trial count (None: keep all).
     keep_finished_pods: int | None = 1000
@@ -182,11 +188,23 @@ def validate_job(job: TuningJob) -> str | None:
 class _TrialStep:
     status: TrialStatus
     actions: list[Action] = field(default_factory=list)
+    recheck_after: float | None = None  # seconds; the trial waits for something only time can bring
 
 
-def _objective_from(report_metrics: dict[str, float], best: dict[str, float], metric: str) -> float | None:
-    value = best.get(metric, report_metrics.get(metric))
+def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+def final_objective(spec: TuningJobSpec, report: TerminationReport | None, prometheus: Mapping[str, float]
+                    ) -> float | None:
+    """A finished trial's objective. With `objective.promql` the user's query defines it, so its answer comes
+    first; otherwise the trial's own termination message (its best value, else its last), then Prometheus'
+    `kubetune_trial_final`."""
+    metric = spec.objective.metric
+    reported = [report.best.get(metric), report.metrics.get(metric)] if report else []
+    from_prometheus = [prometheus.get(metric)]
+    candidates = from_prometheus + reported if spec.objective.promql else reported + from_prometheus
+    return next((v for v in map(_finite, candidates) if v is not None), None)
 
 
 def advance_trial(
@@ -196,6 +214,7 @@ def advance_trial(
     expected_pods: frozenset[str],
     observations: Observations,
     now: datetime,
+    settings: PlannerSettings = PlannerSettings(),
 ) -> _TrialStep:
     """An active trial's next status from its pods, and the pod actions that go with it."""
     spec = job.spec
@@ -217,7 +236,14 @@ def advance_trial(
         status.attempts = number
         status.phase = TrialPhase.PENDING
 
+    def keep_curve() -> None:
+        """What the trial reported to Prometheus stays in its status, also when it ends badly."""
+        curve = observations.curves.get(name)
+        if curve:
+            status.intermediate = [list(p) for p in curve]
+
     def fail(reason: str, message: str) -> None:
+        keep_curve()
         status.phase = TrialPhase.FAILED
         status.reason = reason
         status.message = _short(message, 2048)
@@ -227,6 +253,7 @@ def advance_trial(
 
     def attempt_failed(reason: str, message: str) -> None:
         if attempts < max_attempts:
+            keep_curve()
             step.actions.append(
                 Event("Trial", name, "Warning", "TrialRetried",
                       f"attempt {attempts} failed ({reason}: {_short(message, 200)}); starting attempt {attempts + 1}",
@@ -250,23 +277,32 @@ def advance_trial(
     if pod.phase == "Succeeded":
         report = pod.report()
         final = observations.finals.get(name, {})
-        metrics = dict(final) | (report.metrics if report else {})
-        objective = _objective_from(metrics, report.best if report else {}, spec.objective.metric)
+        objective = final_objective(spec, report, final)
         if objective is None:
-            objective = _objective_from(final, {}, spec.objective.metric)
+            # The objective may still come from Prometheus: a query of the user's own (scrapes land late in
+            # remote setups), or a Prometheus that does not answer now. Wait for it, a while.
+            from_prometheus = spec.objective.promql is not None or not observations.available
+            finished = _parse_time(pod.finished_at) or now
+            waited = (now - finished).total_seconds()
+            if from_prometheus and waited < settings.final_metrics_grace_seconds:
+                remaining = settings.final_metrics_grace_seconds - waited
+                step.recheck_after = max(0.1, min(settings.metrics_poll_seconds, remaining))
+                return step
         status.start_time = status.start_time or pod.started_at
         status.completion_time = pod.finished_at or _iso(now)
-        status.metrics = metrics
-        curve = observations.curves.get(name)
-        if curve:
-            status.intermediate = [list(p) for p in curve]
+        status.metrics = dict(final) | (report.metrics if report else {})
         if objective is None:
+            where = ("nor did its objective.promql query answer with a value" if spec.objective.promql
+                     else "nor to Prometheus")
+            problem = f" (Prometheus: {observations.problem[1]})" if observations.problem else ""
             fail(
                 "MetricsUnavailable",
                 f"pod {pod.name} succeeded but reported no {spec.objective.metric!r} "
-                "in its termination message nor to Prometheus",
+                f"in its termination message {where}{problem}",
             )
         else:
+            keep_curve()
+            status.metrics[spec.objective.metric] = objective
             status.phase = TrialPhase.SUCCEEDED
             status.objective = objective
             status.reason = "Completed"
@@ -454,10 +490,14 @@ def plan(
     result = Plan()
     # Only active trials are advanced: a long study's final ones are the ledger's totals.
     statuses: list[TrialStatus] = []
+    rechecks: list[float] = []
     for t in active:
-        step = advance_trial(job, t, pods_by_trial.get(t.metadata.name, []), expected_pods, observations, now)
+        step = advance_trial(job, t, pods_by_trial.get(t.metadata.name, []), expected_pods, observations, now,
+                             settings)
         statuses.append(step.status)
         result.actions.extend(step.actions)
+        if step.recheck_after is not None:
+            rechecks.append(step.recheck_after)
     settled_with_pods = sorted((r for r in map(ledger.get, pods_by_trial) if r is not None), key=_record_index)
     for record in settled_with_pods:  # a pod still running (stopped trial, finished job) is stopped
         for pod in pods_by_trial[record.name]:
@@ -535,6 +575,7 @@ def plan(
             result.actions.append(PatchTrialStatus(trial.metadata.name, status.to_wire()))
 
     result.status = _job_status(job, counts, best, finished, observations, start, now)
+    result.actions.extend(_condition_events(job, result.status, job_id))
     if result.status.to_wire() == job.status.to_wire():
         result.status = None
     elif finished is not None and job.status.phase != finished[0]:
@@ -544,6 +585,8 @@ def plan(
                                     transition_key(job_id, finished[1], generation, counts.created)))
 
     result.requeue_after = _requeue_after(job, counts, finished, start, now, settings)
+    if rechecks and finished is None:
+        result.requeue_after = min([*rechecks, *([result.requeue_after] if result.requeue_after else [])])
     return result
 
 
@@ -645,7 +688,8 @@ def _job_status(
             conditions = set_condition(conditions, "Running", ConditionStatus.TRUE, "TrialsActive", message, stamp,
                                        generation)
         status.message = None
-    if spec.early_stopping.rule != EarlyStoppingRule.NONE or spec.objective.promql:
+    consulted = observations.asked or observations.problem is not None
+    if (spec.early_stopping.rule != EarlyStoppingRule.NONE or spec.objective.promql) and consulted:
         if observations.problem is None:
             conditions = set_condition(conditions, "MetricsAvailable", ConditionStatus.TRUE, "PrometheusReachable",
                                        "", stamp, generation)
@@ -662,6 +706,27 @@ def _job_status(
     status.observed_generation = generation
     status.start_time = status.start_time or _iso(start)
     return status
+
+
+# Conditions whose every change is worth an Event: (type, reason of the Event when True, when False).
+_ANNOUNCED_CONDITIONS = (("MetricsAvailable", "MetricsAvailable", "MetricsUnavailable"),)
+
+
+def _condition_events(job: TuningJob, status: TuningJobStatus, job_id: str) -> list[Action]:
+    """An Event for each announced condition that changed status (not when it first appears True)."""
+    events: list[Action] = []
+    for type_, when_true, when_false in _ANNOUNCED_CONDITIONS:
+        before, after = find_condition(job.status.conditions, type_), find_condition(status.conditions, type_)
+        if after is None or (before is not None and before.status == after.status):
+            continue
+        if before is None and after.status == ConditionStatus.TRUE:
+            continue
+        good = after.status == ConditionStatus.TRUE
+        message = after.message or ("recovered" if good else after.reason)
+        events.append(Event("TuningJob", job.metadata.name, "Normal" if good else "Warning",
+                            when_true if good else when_false, f"{after.reason}: {message}" if good else message,
+                            transition_key(job_id, type_, after.status, after.last_transition_time)))
+    return events
 
 
 def _requeue_after(

@@ -28,6 +28,9 @@ class OperatorConfig:
     workers: int = 4
     # KUBETUNE_METRICS_POLL_SECONDS: how often running trials' curves are read for early stopping.
     metrics_poll_seconds: float = 2.0
+    # KUBETUNE_FINAL_METRICS_GRACE_SECONDS: how long a finished trial whose objective must come from Prometheus
+    # (objective.promql, or Prometheus not answering) waits for it before failing with MetricsUnavailable.
+    final_metrics_grace_seconds: float = 30.0
     # KUBETUNE_KEEP_FINISHED_PODS: finished trial pods kept per job once their result is recorded in the
     # Trial; older ones are deleted so etcd stays small at any trial count (-1 keeps all).
     keep_finished_pods: int = 1000
@@ -51,6 +54,8 @@ class OperatorConfig:
             namespaces=namespaces,
             workers=_env_int("KUBETUNE_WORKERS", cls.workers),
             metrics_poll_seconds=_env_float("KUBETUNE_METRICS_POLL_SECONDS", cls.metrics_poll_seconds),
+            final_metrics_grace_seconds=_env_float("KUBETUNE_FINAL_METRICS_GRACE_SECONDS",
+                                                   cls.final_metrics_grace_seconds),
             keep_finished_pods=_env_int("KUBETUNE_KEEP_FINISHED_PODS", cls.keep_finished_pods),
             resync_seconds=_env_float("KUBETUNE_RESYNC_SECONDS", cls.resync_seconds),
             metrics_port=_env_int("KUBETUNE_OPERATOR_METRICS_PORT", cls.metrics_port),

@@ -72,6 +72,7 @@ class Controller:
         self.prometheus = PrometheusClient(config.prometheus_url) if config.prometheus_url else None
         self.planner_settings = PlannerSettings(
             metrics_poll_seconds=config.metrics_poll_seconds,
+            final_metrics_grace_seconds=config.final_metrics_grace_seconds,
             keep_finished_pods=config.keep_finished_pods if config.keep_finished_pods >= 0 else None,
         )
         # Kopf's live indices, attached by the first handler call. The Trial index holds active Trials
