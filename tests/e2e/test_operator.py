@@ -92,6 +92,13 @@ def test_bayesian_job_completes_with_best_trial_and_prometheus_series(
     for trial in trials:
         env = {e.name: e.value for e in pods[trial["metadata"]["name"]].spec.containers[0].env}
         assert env["KUBETUNE_PARAM_HIDDEN_UNITS"] == str(trial["spec"]["parameters"]["hidden_units"])
+    # kubectl get: rounded values (the full ones stay in the status) and each trial's index.
+    [row] = [r for r in cluster.table("tuningjobs") if r["Name"] == "digits-bayesian"]
+    assert row["Best"] == f"{best['status']['objective']:.6g}" and row["Trials"] == "12/12"
+    trial_rows = {r["Name"]: r for r in cluster.table("trials")}
+    for trial in trials:
+        shown = trial_rows[trial["metadata"]["name"]]
+        assert shown["Index"] == trial["spec"]["index"] and shown["Objective"] == f"{trial['status']['objective']:.6g}"
     # One Event per transition: every trial succeeded once, the job finished once.
     succeeded_events = Counter(e.involved_object.name for e in cluster.all_events() if e.reason == "TrialSucceeded")
     assert succeeded_events == {t["metadata"]["name"]: 1 for t in trials}

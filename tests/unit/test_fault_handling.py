@@ -4,6 +4,7 @@ before a reconcile read them, and job status writes that never drop another writ
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from typing import Any
@@ -273,8 +274,10 @@ def test_a_wake_up_is_set_again_after_the_previous_one_fired() -> None:
     asyncio.run(scenario())
 
 
-def test_an_event_already_posted_is_not_posted_again_nor_an_error() -> None:
-    """Events of one transition share a name: a repeat is answered 409 and dropped quietly."""
+def test_an_event_already_posted_is_not_posted_again_nor_an_error(caplog: Any) -> None:
+    """Events of one transition share a name: a repeat is answered 409 and dropped quietly. The operator's log
+    has one line per decision, as the Events do."""
+    caplog.set_level(logging.INFO, logger="kubetune.k8s.apply")
 
     class NamedEventsClient:
         requests_total = 0
@@ -303,4 +306,5 @@ def test_an_event_already_posted_is_not_posted_again_nor_an_error() -> None:
 
     names = asyncio.run(scenario())
     assert names == [event_name("digits-0", "uid-0/TrialSucceeded")]
+    assert [r.getMessage() for r in caplog.records] == ["ml/Trial digits-0 TrialSucceeded: m"]
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", names[0]) and len(names[0]) <= 253

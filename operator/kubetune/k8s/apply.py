@@ -129,6 +129,10 @@ class EventRecorder:
             namespace, body = await self._queue.get()
             try:
                 await self.client.create(resource_path("", "v1", "events", namespace), body)
+                # The operator's log says each decision once, as its Event does: what on-call reads first.
+                involved = body["involvedObject"]
+                logger.log(logging.WARNING if body["type"] == "Warning" else logging.INFO, "%s/%s %s %s: %s",
+                           namespace, involved["kind"], involved["name"], body["reason"], body["message"])
             except AlreadyExists:
                 pass  # the same transition, posted before (a stale cache or an earlier run of the operator)
             except ApiError as error:
