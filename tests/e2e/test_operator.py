@@ -420,3 +420,63 @@ def test_metrics_available_tells_the_truth_through_a_prometheus_outage(
     assert metrics is not None and metrics["status"] == "False" and metrics["reason"] == "PrometheusUnavailable"
     reasons = [e.reason for e in cluster.events("outage")]
     assert reasons.count("MetricsUnavailable") == 1 and "MetricsAvailable" not in reasons, reasons
+
+
+def test_two_operators_on_one_namespace_reconcile_each_job_once_and_say_so(
+    api: client.ApiClient, dev_cluster: ClusterInfo, tmp_path: Path
+) -> None:
+    """A cluster-wide and a namespaced installation both watching one namespace: one holds the job's Lease and
+    reconciles it, the other stands by (an Event) and the job says so (DuplicateOperator); when the holder dies,
+    the other takes over once the Lease expires and the job completes with no trial lost or run twice."""
+    namespace = make_namespace(api, "twoops")
+    cluster = Cluster(api, namespace)
+    operators = {
+        identity: OperatorProcess(dev_cluster.kubeconfig, dev_cluster.prometheus_url, tmp_path / f"{n}.log",
+                                  KUBETUNE_NAMESPACES=namespace, KUBETUNE_OPERATOR_ID=identity)
+        for n, identity in enumerate(("kubetune/kt-kubetune", "team-a/kt-kubetune"))
+    }
+    try:
+        for operator in operators.values():
+            operator.start()
+        cluster.create_job({
+            "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": "contested"},
+            "spec": {
+                "objective": {"metric": "score", "goal": "maximize"},
+                "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
+                "budget": {"maxTrials": 12, "parallelism": 2},
+                "trialTemplate": script_trial_template(SLOW_TRIAL_SCRIPT),
+            },
+        })
+        leases = client.CoordinationV1Api(api)
+
+        def holder() -> str | None:
+            try:
+                found = leases.read_namespaced_lease("contested.tuningjob.kubetune.io", namespace)
+            except client.ApiException:
+                return None
+            return str(found.spec.holder_identity)
+
+        first = wait_for("the job's Lease", holder, timeout=60)
+        duplicate = wait_for("DuplicateOperator=True",
+                             lambda: (c := condition(cluster.job("contested"), "DuplicateOperator")) and
+                             c["status"] == "True" and c, timeout=120)
+        (second,) = set(operators) - {first}
+        assert second in duplicate["message"]
+        standing = [e for e in cluster.events("contested") if e.reason == "OperatorStandingBy"]
+        assert len(standing) == 1 and second in standing[0].message and first in standing[0].message
+        assert cluster.job("contested")["status"]["phase"] == "Running", "the job ended before the failover"
+
+        operators[first].kill()
+        assert wait_for("the standby taking over", lambda: holder() == second, timeout=180)
+        job = cluster.wait_finished("contested", timeout=600)
+    finally:
+        for operator in operators.values():
+            operator.stop()
+    assert job["status"]["phase"] == "Succeeded", (job["status"], operators[second].log_tail())
+    trials = cluster.trials("contested")
+    assert [t["metadata"]["name"] for t in trials] == [f"contested-{i}" for i in range(12)]
+    pods = sorted(p.metadata.name for p in cluster.pods("contested"))
+    assert pods == sorted(f"contested-{i}-1" for i in range(12)), "a trial ran twice"
+    created = Counter(e.message.split(":")[0] for e in cluster.events("contested") if e.reason == "TrialCreated")
+    assert max(created.values()) == 1
+    client.CoreV1Api(api).delete_namespace(namespace)

@@ -88,6 +88,7 @@ def test_deployment_is_hardened_and_single() -> None:
     # the dev cluster's Prometheus finds the operator by this label and the port name `metrics`
     assert spec["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "kubetune"
     assert env_of(deployment) == {
+        "KUBETUNE_OPERATOR_ID": "kubetune/kt-kubetune",  # the release: stable across restarts, one per install
         "KUBETUNE_PROMETHEUS_URL": "",
         "KUBETUNE_NAMESPACES": "",
         "KUBETUNE_WORKERS": "4",

@@ -419,3 +419,23 @@ def test_a_job_finishing_again_after_its_budget_was_raised_gets_a_new_event() ->
     trials6, pods6 = finished_job(more, 6)
     again = [e for e in run(more, trials6, pods6).of_type(Event) if e.reason == "MaxTrialsReached"]
     assert len(done) == len(again) == 1 and done[0].key != again[0].key
+
+
+def test_another_operator_standing_by_is_a_condition_and_an_event_each_way() -> None:
+    job = make_job()
+    trials = [trial(job, 0, {"lr": 0.01, "optimizer": "sgd"}, phase="Running", attempts=1)]
+    pods = [pod("digits-0", 1, "Running")]
+    alone = run(job, trials, pods)
+    assert alone.status is not None and not [c for c in alone.status.conditions if c.type == "DuplicateOperator"]
+    job.status = alone.status
+    crowded = run(job, trials, pods, other_operators=["team-a/kt-kubetune"])
+    assert crowded.status is not None
+    duplicate = next(c for c in crowded.status.conditions if c.type == "DuplicateOperator")
+    assert duplicate.status == "True" and "team-a/kt-kubetune" in duplicate.message
+    [warning] = [e for e in crowded.of_type(Event) if e.reason == "DuplicateOperator"]
+    assert warning.type == "Warning"
+    job.status = crowded.status
+    gone = run(job, trials, pods)
+    assert gone.status is not None
+    assert next(c for c in gone.status.conditions if c.type == "DuplicateOperator").status == "False"
+    assert [e.reason for e in gone.of_type(Event) if "Operator" in e.reason] == ["DuplicateOperatorGone"]

@@ -463,11 +463,13 @@ def plan(
     expected_pods: frozenset[str] = frozenset(),
     settings: PlannerSettings = PlannerSettings(),
     ledger: Ledger | None = None,
+    other_operators: Sequence[str] = (),
 ) -> Plan:
     """Everything the operator should do for `job` now.
 
     `ledger`: the job's final trials as kept between reconciles (the operator passes only active
-    trials besides it); final trials in `trials` are added to it. Without one, `trials` are all."""
+    trials besides it); final trials in `trials` are added to it. Without one, `trials` are all.
+    `other_operators`: installations standing by for this job while this one reconciles it."""
     problem = validate_job(job)
     generation = job.metadata.generation
     if problem is not None:
@@ -574,7 +576,7 @@ def plan(
         if status.to_wire() != trial.status.to_wire():
             result.actions.append(PatchTrialStatus(trial.metadata.name, status.to_wire()))
 
-    result.status = _job_status(job, counts, best, finished, observations, start, now)
+    result.status = _job_status(job, counts, best, finished, observations, start, now, other_operators)
     result.actions.extend(_condition_events(job, result.status, job_id))
     if result.status.to_wire() == job.status.to_wire():
         result.status = None
@@ -658,6 +660,7 @@ def _job_status(
     observations: Observations,
     start: datetime,
     now: datetime,
+    other_operators: Sequence[str] = (),
 ) -> TuningJobStatus:
     spec = job.spec
     generation = job.metadata.generation
@@ -698,6 +701,16 @@ def _job_status(
             conditions = set_condition(conditions, "MetricsAvailable", ConditionStatus.FALSE, reason,
                                        message + "; early stopping is paused, final results still come from pods",
                                        stamp, generation)
+    if other_operators:
+        others = ", ".join(other_operators)
+        conditions = set_condition(
+            conditions, "DuplicateOperator", ConditionStatus.TRUE, "AnotherOperatorWatches",
+            f"another kubetune installation ({others}) watches this namespace too and stands by while this one "
+            "reconciles the job; give each installation namespaces of its own (the chart's watchNamespaces)",
+            stamp, generation)
+    elif find_condition(conditions, "DuplicateOperator") is not None:
+        conditions = set_condition(conditions, "DuplicateOperator", ConditionStatus.FALSE, "NoOtherOperator",
+                                   "no other kubetune installation stood by recently", stamp, generation)
     status.conditions = conditions
     status.phase = phase
     status.counts = counts
@@ -708,23 +721,35 @@ def _job_status(
     return status
 
 
-# Conditions whose every change is worth an Event: (type, reason of the Event when True, when False).
-_ANNOUNCED_CONDITIONS = (("MetricsAvailable", "MetricsAvailable", "MetricsUnavailable"),)
+@dataclass(frozen=True)
+class _Announced:
+    """A condition whose every change is an Event (none when it first appears in its healthy state)."""
+
+    type: str
+    healthy: ConditionStatus
+    healthy_reason: str  # the Event's reason when it turns healthy
+    unhealthy_reason: str
+
+
+_ANNOUNCED_CONDITIONS = (
+    _Announced("MetricsAvailable", ConditionStatus.TRUE, "MetricsAvailable", "MetricsUnavailable"),
+    _Announced("DuplicateOperator", ConditionStatus.FALSE, "DuplicateOperatorGone", "DuplicateOperator"),
+)
 
 
 def _condition_events(job: TuningJob, status: TuningJobStatus, job_id: str) -> list[Action]:
-    """An Event for each announced condition that changed status (not when it first appears True)."""
     events: list[Action] = []
-    for type_, when_true, when_false in _ANNOUNCED_CONDITIONS:
+    for announced in _ANNOUNCED_CONDITIONS:
+        type_ = announced.type
         before, after = find_condition(job.status.conditions, type_), find_condition(status.conditions, type_)
         if after is None or (before is not None and before.status == after.status):
             continue
-        if before is None and after.status == ConditionStatus.TRUE:
+        healthy = after.status == announced.healthy
+        if before is None and healthy:
             continue
-        good = after.status == ConditionStatus.TRUE
-        message = after.message or ("recovered" if good else after.reason)
-        events.append(Event("TuningJob", job.metadata.name, "Normal" if good else "Warning",
-                            when_true if good else when_false, f"{after.reason}: {message}" if good else message,
+        message = after.message or after.reason
+        events.append(Event("TuningJob", job.metadata.name, "Normal" if healthy else "Warning",
+                            announced.healthy_reason if healthy else announced.unhealthy_reason, message,
                             transition_key(job_id, type_, after.status, after.last_transition_time)))
     return events
 

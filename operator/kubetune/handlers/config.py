@@ -43,6 +43,10 @@ class OperatorConfig:
     # KUBETUNE_LISTEN_ADDRESS: address of both endpoints; the dev cluster's node agent runs pods as host
     # processes, so there the operator binds its pod IP (status.podIP) to keep its ports its own.
     listen_address: str = "0.0.0.0"
+    # KUBETUNE_OPERATOR_ID: this installation's name in each job's Lease (the chart: <namespace>/<release>).
+    # Stable across restarts, so a restarted operator takes up its jobs at once; distinct per installation, so
+    # two whose namespaces overlap reconcile each job once and say so (the DuplicateOperator condition).
+    operator_id: str = "kubetune"
     # KUBECONFIG is honoured by the client; in a pod the service-account token is used.
     kubeconfig: str | None = field(default=None)
 
@@ -61,5 +65,6 @@ class OperatorConfig:
             metrics_port=_env_int("KUBETUNE_OPERATOR_METRICS_PORT", cls.metrics_port),
             health_port=_env_int("KUBETUNE_HEALTH_PORT", cls.health_port),
             listen_address=os.environ.get("KUBETUNE_LISTEN_ADDRESS") or cls.listen_address,
+            operator_id=os.environ.get("KUBETUNE_OPERATOR_ID") or cls.operator_id,
             kubeconfig=os.environ.get("KUBECONFIG") or None,
         )

@@ -205,7 +205,7 @@ class PlanApplier:
         # 4. Events, in the background.
         for event in plan.of_type(Event):
             uid = uids.get(event.name) or trial_uid(event.name)
-            self.events.record(job.namespace, self._event_body(job, event, uid))
+            self.events.record(job.namespace, self.event_body(job, event, uid))
         return result
 
     async def _create_trial(self, job: JobRef, action: CreateTrial, uids: dict[str, str], result: ApplyResult) -> None:
@@ -286,7 +286,7 @@ class PlanApplier:
         except NotFound:
             pass
 
-    def _event_body(self, job: JobRef, action: Event, trial_uid: str | None) -> Json:
+    def event_body(self, job: JobRef, action: Event, trial_uid: str | None) -> Json:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         if action.kind == "Trial":
             involved = {"apiVersion": API_VERSION, "kind": "Trial", "name": action.name, "namespace": job.namespace}
