@@ -35,6 +35,7 @@ PHASE_STYLE: dict[str, tuple[str, str]] = {
     "Succeeded": ("#1f77b4", "o"),
     "EarlyStopped": ("#ff7f0e", "X"),
     "Failed": ("#d62728", "v"),
+    "Cancelled": ("#8c564b", "D"),
     "Running": ("#2ca02c", "s"),
     "Pending": ("#7f7f7f", "s"),
 }

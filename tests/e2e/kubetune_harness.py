@@ -184,6 +184,20 @@ class Cluster:
         selector = f"involvedObject.name={name}"
         return list(self.core.list_namespaced_event(self.namespace, field_selector=selector).items)
 
+    def table(self, plural: str) -> list[dict[str, Any]]:
+        """What `kubectl get <plural>` prints, as the API server renders it (the CRD's printer columns):
+        one {column: cell} per row, in the server's order."""
+        api = self.custom.api_client
+        raw = api.call_api("GET", f"{api.configuration.host}/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/"
+                           f"{plural}", header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"})
+        raw.read()
+        response = json.loads(raw.data)
+        columns = [c["name"] for c in response["columnDefinitions"]]
+        return [dict(zip(columns, row["cells"], strict=True)) for row in response["rows"]]
+
+    def all_events(self) -> list[Any]:
+        return list(self.core.list_namespaced_event(self.namespace).items)
+
     def wait_finished(self, name: str, timeout: float = 600.0) -> dict[str, Any]:
         def finished() -> dict[str, Any] | None:
             job = self.job(name)

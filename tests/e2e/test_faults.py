@@ -215,9 +215,9 @@ def assert_exactly_once(
         assert status["phase"] == "Succeeded", (trial["metadata"]["name"], status)
         assert status["objective"] == pytest.approx(expected_score(trial["spec"]["parameters"]["x"]), abs=1e-9), trial
 
-    tally = {key: 0 for key in ("pending", "running", "succeeded", "failed", "earlyStopped")}
+    tally = {key: 0 for key in ("pending", "running", "succeeded", "failed", "earlyStopped", "cancelled")}
     phase_key = {"Pending": "pending", "Running": "running", "Succeeded": "succeeded", "Failed": "failed",
-                 "EarlyStopped": "earlyStopped"}
+                 "EarlyStopped": "earlyStopped", "Cancelled": "cancelled"}
     for trial in trials:
         tally[phase_key[trial["status"]["phase"]]] += 1
     assert job["status"]["counts"] == {"created": max_trials, **tally}, job["status"]["counts"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,11 @@ from kubetune_harness import (
     fresh_namespace,
     install_crds,
     prometheus_query,
+    script_trial_template,
     wait_for,
 )
 
-from kubetune_dev.cluster import ClusterInfo
+from kubetune_dev.cluster import ClusterInfo, DevCluster
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,7 @@ def test_bayesian_job_completes_with_best_trial_and_prometheus_series(
     assert job["status"]["bestTrial"]["objective"] == best["status"]["objective"]
     assert job["status"]["bestTrial"]["objective"] > 0.8  # a real model on digits
     assert job["status"]["counts"] == {"created": 12, "pending": 0, "running": 0, "succeeded": 12, "failed": 0,
-                                       "earlyStopped": 0}
+                                       "earlyStopped": 0, "cancelled": 0}
     assert job["status"]["progress"] == "12/12"
     # Every trial's curve reached Prometheus through pod discovery.
     series = prometheus_query(
@@ -89,8 +92,17 @@ def test_bayesian_job_completes_with_best_trial_and_prometheus_series(
     for trial in trials:
         env = {e.name: e.value for e in pods[trial["metadata"]["name"]].spec.containers[0].env}
         assert env["KUBETUNE_PARAM_HIDDEN_UNITS"] == str(trial["spec"]["parameters"]["hidden_units"])
-    reasons = {e.reason for t in trials[:2] for e in cluster.events(t["metadata"]["name"])}
-    assert "TrialSucceeded" in reasons
+    # kubectl get: rounded values (the full ones stay in the status) and each trial's index.
+    [row] = [r for r in cluster.table("tuningjobs") if r["Name"] == "digits-bayesian"]
+    assert row["Best"] == f"{best['status']['objective']:.6g}" and row["Trials"] == "12/12"
+    trial_rows = {r["Name"]: r for r in cluster.table("trials")}
+    for trial in trials:
+        shown = trial_rows[trial["metadata"]["name"]]
+        assert shown["Index"] == trial["spec"]["index"] and shown["Objective"] == f"{trial['status']['objective']:.6g}"
+    # One Event per transition: every trial succeeded once, the job finished once.
+    succeeded_events = Counter(e.involved_object.name for e in cluster.all_events() if e.reason == "TrialSucceeded")
+    assert succeeded_events == {t["metadata"]["name"]: 1 for t in trials}
+    assert [e.reason for e in cluster.events("digits-bayesian")].count("MaxTrialsReached") == 1
 
 
 def test_asha_stops_trials_early_and_saves_epochs(tuning: tuple[Cluster, OperatorProcess]) -> None:
@@ -214,6 +226,10 @@ def test_operator_survives_sigkill_without_losing_or_duplicating_trials(
     assert all(t["status"]["phase"] == "Succeeded" and t["status"]["objective"] is not None for t in trials)
     pods = cluster.pods("crashy")
     assert sorted(p.metadata.name for p in pods) == sorted(f"crashy-{i}-1" for i in range(8)), "a trial ran twice"
+    # Restarts repeat no Event: at most one per transition (one in flight at a kill may be lost).
+    posted = Counter((e.involved_object.name, e.reason, e.message) for e in cluster.all_events())
+    assert max(posted.values()) == 1, [k for k, n in posted.items() if n > 1]
+    assert sum(n for (name, reason, _), n in posted.items() if reason == "MaxTrialsReached") == 1
     client.CoreV1Api(api).delete_namespace(namespace)
 
 
@@ -274,3 +290,193 @@ def test_suspend_resume_and_raised_budget_continue_the_job(tuning: tuple[Cluster
     assert [t["metadata"]["name"] for t in trials] == [f"resumable-{i}" for i in range(4)]
     assert job["status"]["counts"]["succeeded"] == 4 and job["status"]["progress"] == "4/4"
     assert (condition(job, "Succeeded") or {}).get("reason") == "MaxTrialsReached"
+
+
+# What the kubelet's `$(VAR)` expansion would rewrite, were values not escaped (`$$` is its escape).
+DOLLAR_VALUES = ["$(KUBETUNE_JOB)", "$$(HOME)", "$(", "trailing$", "$", "a$b"]
+ECHO_SCRIPT = """
+import json, os, sys
+print(json.dumps({"argv": sys.argv[1:], "env": os.environ["KUBETUNE_PARAM_X"],
+                  "params": json.loads(os.environ["KUBETUNE_PARAMS"])["x"], "own": os.environ["OWN"]}))
+open(os.environ["KUBETUNE_TERMINATION_MESSAGE_PATH"], "w").write('{"status": "completed", "metrics": {"ok": 1}}')
+"""
+
+
+def test_parameter_values_reach_the_container_literally(tuning: tuple[Cluster, OperatorProcess]) -> None:
+    """Values with `$(...)`, `$$` or a lone `$` arrive byte for byte in argv, KUBETUNE_PARAM_*, KUBETUNE_PARAMS
+    and substituted env values: nothing on the way expands them."""
+    cluster, operator = tuning
+    cluster.create_job({
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": "dollars"},
+        "spec": {
+            "objective": {"metric": "ok", "goal": "maximize"},
+            "parameters": [{"name": "x", "type": "categorical", "values": DOLLAR_VALUES}],
+            "algorithm": {"name": "grid"},
+            "budget": {"maxTrials": len(DOLLAR_VALUES), "parallelism": 3},
+            "trialTemplate": script_trial_template(ECHO_SCRIPT, args=["${params.x}", "--x=${params.x}"],
+                                                   env=[{"name": "OWN", "value": "own:${params.x}"}]),
+        },
+    })
+    job = cluster.wait_finished("dollars", timeout=300)
+    assert job["status"]["phase"] == "Succeeded", (job["status"], operator.log_tail())
+    seen = []
+    for pod in cluster.pods("dollars"):
+        trial = next(t for t in cluster.trials("dollars") if t["metadata"]["name"] == pod.metadata.labels[
+            "kubetune.io/trial"])
+        value = trial["spec"]["parameters"]["x"]
+        printed = json.loads(cluster.core.read_namespaced_pod_log(pod.metadata.name, cluster.namespace).strip())
+        assert printed == {"argv": [value, f"--x={value}"], "env": value, "params": value, "own": f"own:{value}"}
+        seen.append(value)
+    assert sorted(seen) == sorted(DOLLAR_VALUES)
+
+
+# A bring-your-own trial that reports only to Prometheus, in its own metric names, and never writes a
+# termination message: the objective can only come from the job's objective.promql.
+PROMETHEUS_ONLY_SCRIPT = """
+import json, os, time
+from prometheus_client import Gauge, start_http_server
+x = json.loads(os.environ["KUBETUNE_PARAMS"])["x"]
+start_http_server(int(os.environ["KUBETUNE_METRICS_PORT"]), addr=os.environ["KUBETUNE_METRICS_ADDRESS"])
+by_step, final = Gauge("my_score", "score by step", ["step"]), Gauge("my_final", "final score")
+for step in (1, 2, 3):
+    by_step.labels(str(step)).set(x * step / 3)
+    time.sleep(1.5)
+final.set(x)
+time.sleep(5)  # a few scrapes (every second on the dev cluster) before the pod goes
+"""
+PROMQL_OBJECTIVES = {
+    # One series per step (the highest step is the final value) ...
+    "promql-steps": 'max by (step) (last_over_time(my_score{kubetune_io_trial="{{trial}}"}[15m]))',
+    # ... or one series without a step label, taken as the latest value.
+    "promql-latest": 'last_over_time(my_final{kubetune_io_trial="{{trial}}"}[15m])',
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROMQL_OBJECTIVES))
+def test_an_objective_from_promql_alone_finishes_the_job(tuning: tuple[Cluster, OperatorProcess], name: str) -> None:
+    cluster, operator = tuning
+    values = [0.2, 0.5, 0.9]
+    cluster.create_job({
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": name},
+        "spec": {
+            "objective": {"metric": "score", "goal": "maximize", "promql": PROMQL_OBJECTIVES[name]},
+            "parameters": [{"name": "x", "type": "discrete", "values": values}],
+            "algorithm": {"name": "grid"},
+            "budget": {"maxTrials": 3, "parallelism": 3},
+            "trialTemplate": script_trial_template(PROMETHEUS_ONLY_SCRIPT),
+        },
+    })
+    job = cluster.wait_finished(name, timeout=300)
+    assert job["status"]["phase"] == "Succeeded", (job["status"], operator.log_tail())
+    for trial in cluster.trials(name):
+        status = trial["status"]
+        assert status["phase"] == "Succeeded" and status["objective"] == pytest.approx(trial["spec"]["parameters"]["x"])
+        if name == "promql-steps":
+            assert [step for step, _ in status["intermediate"]] == [1.0, 2.0, 3.0]
+    assert job["status"]["bestTrial"]["parameters"] == {"x": 0.9}
+    assert job["status"]["bestTrial"]["objective"] == pytest.approx(0.9)
+
+
+SLOW_TRIAL_SCRIPT = """
+import json, os, time
+time.sleep(6)
+open(os.environ["KUBETUNE_TERMINATION_MESSAGE_PATH"], "w").write(json.dumps(
+    {"status": "completed", "metrics": {"score": json.loads(os.environ["KUBETUNE_PARAMS"])["x"]}}))
+"""
+
+
+def test_metrics_available_tells_the_truth_through_a_prometheus_outage(
+    tuning: tuple[Cluster, OperatorProcess], dev_cluster_ctl: DevCluster
+) -> None:
+    """False (with one Warning Event) while Prometheus is down, and still False when the job finishes meanwhile:
+    a reconcile that asked Prometheus nothing never claims it reachable."""
+    cluster, operator = tuning
+    cluster.create_job({
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": "outage"},
+        "spec": {
+            "objective": {"metric": "score", "goal": "maximize"},
+            "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
+            "earlyStopping": {"rule": "median"},
+            "budget": {"maxTrials": 4, "parallelism": 2},
+            "trialTemplate": script_trial_template(SLOW_TRIAL_SCRIPT),
+        },
+    })
+
+    def metrics_status(expected: str) -> bool:
+        found = condition(cluster.job("outage"), "MetricsAvailable")
+        return bool(found and found["status"] == expected)
+
+    wait_for("MetricsAvailable=True", lambda: metrics_status("True"), timeout=120)
+    dev_cluster_ctl.stop_component("prometheus")
+    try:
+        wait_for("MetricsAvailable=False", lambda: metrics_status("False"), timeout=120)
+        job = cluster.wait_finished("outage", timeout=300)
+        time.sleep(3)  # reconciles after the finish must not flip it back
+        job = cluster.job("outage")
+    finally:
+        dev_cluster_ctl.start_component("prometheus")
+    assert job["status"]["phase"] == "Succeeded", (job["status"], operator.log_tail())
+    metrics = condition(job, "MetricsAvailable")
+    assert metrics is not None and metrics["status"] == "False" and metrics["reason"] == "PrometheusUnavailable"
+    reasons = [e.reason for e in cluster.events("outage")]
+    assert reasons.count("MetricsUnavailable") == 1 and "MetricsAvailable" not in reasons, reasons
+
+
+def test_two_operators_on_one_namespace_reconcile_each_job_once_and_say_so(
+    api: client.ApiClient, dev_cluster: ClusterInfo, tmp_path: Path
+) -> None:
+    """A cluster-wide and a namespaced installation both watching one namespace: one holds the job's Lease and
+    reconciles it, the other stands by (an Event) and the job says so (DuplicateOperator); when the holder dies,
+    the other takes over once the Lease expires and the job completes with no trial lost or run twice."""
+    namespace = make_namespace(api, "twoops")
+    cluster = Cluster(api, namespace)
+    operators = {
+        identity: OperatorProcess(dev_cluster.kubeconfig, dev_cluster.prometheus_url, tmp_path / f"{n}.log",
+                                  KUBETUNE_NAMESPACES=namespace, KUBETUNE_OPERATOR_ID=identity)
+        for n, identity in enumerate(("kubetune/kt-kubetune", "team-a/kt-kubetune"))
+    }
+    try:
+        for operator in operators.values():
+            operator.start()
+        cluster.create_job({
+            "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": "contested"},
+            "spec": {
+                "objective": {"metric": "score", "goal": "maximize"},
+                "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
+                "budget": {"maxTrials": 12, "parallelism": 2},
+                "trialTemplate": script_trial_template(SLOW_TRIAL_SCRIPT),
+            },
+        })
+        leases = client.CoordinationV1Api(api)
+
+        def holder() -> str | None:
+            try:
+                found = leases.read_namespaced_lease("contested.tuningjob.kubetune.io", namespace)
+            except client.ApiException:
+                return None
+            return str(found.spec.holder_identity)
+
+        first = wait_for("the job's Lease", holder, timeout=60)
+        duplicate = wait_for("DuplicateOperator=True",
+                             lambda: (c := condition(cluster.job("contested"), "DuplicateOperator")) and
+                             c["status"] == "True" and c, timeout=120)
+        (second,) = set(operators) - {first}
+        assert second in duplicate["message"]
+        standing = [e for e in cluster.events("contested") if e.reason == "OperatorStandingBy"]
+        assert len(standing) == 1 and second in standing[0].message and first in standing[0].message
+        assert cluster.job("contested")["status"]["phase"] == "Running", "the job ended before the failover"
+
+        operators[first].kill()
+        assert wait_for("the standby taking over", lambda: holder() == second, timeout=180)
+        job = cluster.wait_finished("contested", timeout=600)
+    finally:
+        for operator in operators.values():
+            operator.stop()
+    assert job["status"]["phase"] == "Succeeded", (job["status"], operators[second].log_tail())
+    trials = cluster.trials("contested")
+    assert [t["metadata"]["name"] for t in trials] == [f"contested-{i}" for i in range(12)]
+    pods = sorted(p.metadata.name for p in cluster.pods("contested"))
+    assert pods == sorted(f"contested-{i}-1" for i in range(12)), "a trial ran twice"
+    created = Counter(e.message.split(":")[0] for e in cluster.events("contested") if e.reason == "TrialCreated")
+    assert max(created.values()) == 1
+    client.CoreV1Api(api).delete_namespace(namespace)

@@ -28,6 +28,7 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["kubetune.io"], "resources": ["trials/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
 ]
 
 

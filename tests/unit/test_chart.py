@@ -88,10 +88,12 @@ def test_deployment_is_hardened_and_single() -> None:
     # the dev cluster's Prometheus finds the operator by this label and the port name `metrics`
     assert spec["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "kubetune"
     assert env_of(deployment) == {
+        "KUBETUNE_OPERATOR_ID": "kubetune/kt-kubetune",  # the release: stable across restarts, one per install
         "KUBETUNE_PROMETHEUS_URL": "",
         "KUBETUNE_NAMESPACES": "",
         "KUBETUNE_WORKERS": "4",
         "KUBETUNE_METRICS_POLL_SECONDS": "2",
+        "KUBETUNE_FINAL_METRICS_GRACE_SECONDS": "30",
         "KUBETUNE_RESYNC_SECONDS": "30",
         "KUBETUNE_KEEP_FINISHED_PODS": "1000",
         "KUBETUNE_OPERATOR_METRICS_PORT": "9102",

@@ -112,7 +112,7 @@ def test_passes_on_a_healthy_release(fake_api: tuple[FakeApi, str], tmp_path: Pa
     result = run_selftest(url, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok: CRDs served" in result.stdout
-    assert "ok: operator permissions in all namespaces (13 checked)" in result.stdout
+    assert "ok: operator permissions in all namespaces (16 checked)" in result.stdout
     assert "ok: operator pod Ready in kubetune" in result.stdout
     asked = {(r["group"], r["resource"], r["subresource"], r["verb"]) for r in api.reviews if r["namespace"] == ""}
     assert ("kubetune.io", "tuningjobs", "status", "patch") in asked
@@ -125,7 +125,7 @@ def test_names_each_missing_permission(fake_api: tuple[FakeApi, str], tmp_path: 
     api.denied = {("team-b", "trials/status", "patch"), ("team-a", "pods", "delete")}
     result = run_selftest(url, tmp_path, namespaces="team-a,team-b")
     assert result.returncode == 1
-    assert "FAIL: operator permissions in team-a, team-b (26 checked)" in result.stdout
+    assert "FAIL: operator permissions in team-a, team-b (32 checked)" in result.stdout
     assert "may not patch trials/status (kubetune.io) in namespace team-b" in result.stderr
     assert "may not delete pods (core) in namespace team-a" in result.stderr
     assert "skipped: may not list pods in kubetune" not in result.stdout  # kubetune itself is not denied here

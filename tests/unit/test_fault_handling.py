@@ -4,6 +4,8 @@ before a reconcile read them, and job status writes that never drop another writ
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from typing import Any
 
@@ -11,8 +13,8 @@ from kubetune.api import Trial, TuningJobStatus
 from kubetune.controller.planner import CreateTrial, Event, Plan
 from kubetune.handlers.config import OperatorConfig
 from kubetune.handlers.runtime import Controller
-from kubetune.k8s.apply import JobRef, PlanApplier
-from kubetune.k8s.client import ApiError, Conflict, Credentials, KubeClient, NotFound
+from kubetune.k8s.apply import JobRef, PlanApplier, event_name
+from kubetune.k8s.client import AlreadyExists, ApiError, Conflict, Credentials, KubeClient, NotFound
 
 KEY = ("ml", "digits")
 
@@ -247,3 +249,62 @@ def test_final_trials_reach_the_ledger_at_the_next_reconcile_and_deleted_ones_le
     assert ledger.last_failed is None
     controller._forget(KEY)  # the job is gone
     assert not controller.is_settled(KEY, "digits-1")
+
+
+def test_a_wake_up_is_set_again_after_the_previous_one_fired() -> None:
+    """A fired timer must not stand for a future wake-up: metrics polls, deferred counter writes and
+    deadlines all rely on enqueue_after, again and again for the same job."""
+    controller = Controller(OperatorConfig(), KubeClient(Credentials("https://127.0.0.1:1", None, None, None, True,
+                                                                     None, None)))
+    queued: list[tuple[str, str]] = []
+    controller.enqueue = queued.append  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        controller.enqueue_after(KEY, 0.01)
+        await asyncio.sleep(0.05)
+        assert queued == [KEY]
+        controller.enqueue_after(KEY, 0.01)  # the first handle has fired; this one must be set
+        await asyncio.sleep(0.05)
+        assert queued == [KEY, KEY]
+        controller.enqueue_after(KEY, 0.01)
+        controller.enqueue_after(KEY, 10.0)  # a later wake-up does not replace an earlier one
+        await asyncio.sleep(0.05)
+        assert queued == [KEY, KEY, KEY]
+
+    asyncio.run(scenario())
+
+
+def test_an_event_already_posted_is_not_posted_again_nor_an_error(caplog: Any) -> None:
+    """Events of one transition share a name: a repeat is answered 409 and dropped quietly. The operator's log
+    has one line per decision, as the Events do."""
+    caplog.set_level(logging.INFO, logger="kubetune.k8s.apply")
+
+    class NamedEventsClient:
+        requests_total = 0
+
+        def __init__(self) -> None:
+            self.names: list[str] = []
+
+        async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+            name = body["metadata"]["name"]
+            if name in self.names:
+                raise AlreadyExists(409, "AlreadyExists", f'events "{name}" already exists')
+            self.names.append(name)
+            return body
+
+    async def scenario() -> list[str]:
+        client = NamedEventsClient()
+        applier = PlanApplier(client)  # type: ignore[arg-type]
+        succeeded = Event("Trial", "digits-0", "Normal", "TrialSucceeded", "m", key="uid-0/TrialSucceeded")
+        for _ in range(3):
+            result = await applier.apply(JobRef("ml", "digits", "uid"), Plan(actions=[succeeded]),
+                                         lambda _: {}, lambda _: None, {})
+            assert result.errors == []
+        await applier.events.flush()
+        await applier.events.close()
+        return client.names
+
+    names = asyncio.run(scenario())
+    assert names == [event_name("digits-0", "uid-0/TrialSucceeded")]
+    assert [r.getMessage() for r in caplog.records] == ["ml/Trial digits-0 TrialSucceeded: m"]
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", names[0]) and len(names[0]) <= 253

@@ -207,7 +207,9 @@ def test_failed_attempt_is_retried_then_fails_the_job_past_the_budget() -> None:
     assert failed.reason == "TooManyFailedTrials" and "exit code 1" in failed.message
     assert [d.name for d in result.of_type(DeletePod)] == ["digits-2-1"]
     stopped = next(a for a in result.of_type(PatchTrialStatus) if a.trial == "digits-2")
-    assert stopped.status["phase"] == "EarlyStopped" and stopped.status["reason"] == "JobFinished"
+    assert stopped.status["phase"] == "Cancelled" and stopped.status["reason"] == "JobFinished"
+    assert result.status.counts.cancelled == 1 and result.status.counts.early_stopped == 0
+    assert any(isinstance(a, Event) and a.reason == "TrialCancelled" and a.name == "digits-2" for a in result.actions)
     assert not result.of_type(CreateTrial)
 
 
@@ -379,3 +381,61 @@ def test_a_pod_deleted_after_it_succeeded_still_gives_its_result() -> None:
     assert patch.status["phase"] == "Succeeded" and patch.status["objective"] == 0.87
     assert patch.status["attempts"] == 1
     assert not result.of_type(CreatePod)
+
+
+def test_each_transition_has_one_event_identity_however_often_it_is_planned() -> None:
+    """A reconcile from a cache that has not seen the last status write plans the same transitions again;
+    their Events carry the same keys (hence the same names), so the API server keeps one of each."""
+    job = make_job(budget={"maxTrials": 3, "parallelism": 3, "maxFailedTrials": 0})
+    trials = [trial(job, 0, {"lr": 0.01, "optimizer": "sgd"}, phase="Running", attempts=1),
+              trial(job, 1, {"lr": 0.02, "optimizer": "sgd"}, phase="Running", attempts=2),
+              trial(job, 2, {"lr": 0.03, "optimizer": "sgd"}, phase="Running", attempts=1)]
+    pods = [pod("digits-0", 1, "Succeeded", message=report(0.9)), pod("digits-1", 2, "Failed"),
+            pod("digits-2", 1, "Running")]
+    first, again = run(job, trials, pods), run(job, trials, pods)
+    events = first.of_type(Event)
+    assert {e.reason for e in events} == {"TrialSucceeded", "TrialFailed", "TrialCancelled", "TooManyFailedTrials"}
+    assert all(e.key for e in events)
+    assert [e.key for e in events] == [e.key for e in again.of_type(Event)]
+    assert len({e.key for e in events}) == len(events)
+    # A retry is a transition of its own, per attempt.
+    def trial_events(attempt: int, retries: int) -> list[str]:
+        job = make_job(trialTemplate={**make_job().spec.trial_template.to_wire(), "retries": retries})
+        running = trial(job, 0, {"lr": 0.01, "optimizer": "sgd"}, phase="Running", attempts=attempt)
+        planned = run(job, [running], [pod("digits-0", attempt, "Failed")]).of_type(Event)
+        return [e.key for e in planned if e.name == "digits-0"]
+
+    assert trial_events(1, 2) == ["uid-digits-0/TrialRetried/1"]
+    assert trial_events(2, 2) == ["uid-digits-0/TrialRetried/2"]
+    assert trial_events(3, 2) == ["uid-digits-0/TrialFailed"]
+
+
+def test_a_job_finishing_again_after_its_budget_was_raised_gets_a_new_event() -> None:
+    job = make_job()
+    trials, pods = finished_job(job, 5)
+    done = [e for e in run(job, trials, pods).of_type(Event) if e.reason == "MaxTrialsReached"]
+    more = make_job(budget={"maxTrials": 6, "parallelism": 3, "maxFailedTrials": 1})
+    more.metadata.generation = 2
+    trials6, pods6 = finished_job(more, 6)
+    again = [e for e in run(more, trials6, pods6).of_type(Event) if e.reason == "MaxTrialsReached"]
+    assert len(done) == len(again) == 1 and done[0].key != again[0].key
+
+
+def test_another_operator_standing_by_is_a_condition_and_an_event_each_way() -> None:
+    job = make_job()
+    trials = [trial(job, 0, {"lr": 0.01, "optimizer": "sgd"}, phase="Running", attempts=1)]
+    pods = [pod("digits-0", 1, "Running")]
+    alone = run(job, trials, pods)
+    assert alone.status is not None and not [c for c in alone.status.conditions if c.type == "DuplicateOperator"]
+    job.status = alone.status
+    crowded = run(job, trials, pods, other_operators=["team-a/kt-kubetune"])
+    assert crowded.status is not None
+    duplicate = next(c for c in crowded.status.conditions if c.type == "DuplicateOperator")
+    assert duplicate.status == "True" and "team-a/kt-kubetune" in duplicate.message
+    [warning] = [e for e in crowded.of_type(Event) if e.reason == "DuplicateOperator"]
+    assert warning.type == "Warning"
+    job.status = crowded.status
+    gone = run(job, trials, pods)
+    assert gone.status is not None
+    assert next(c for c in gone.status.conditions if c.type == "DuplicateOperator").status == "False"
+    assert [e.reason for e in gone.of_type(Event) if "Operator" in e.reason] == ["DuplicateOperatorGone"]

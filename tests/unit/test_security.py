@@ -18,6 +18,7 @@ import yaml
 from kubetune.api import TuningJob
 from kubetune.controller.templates import build_trial_pod, substitute
 from kubetune.metrics.prometheus import build_curve_query, build_final_query, render_template
+from kubetune_dev.podspec import expand
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (REPO / "examples").glob("*.yaml") if p.name != "namespace.yaml")
@@ -37,6 +38,13 @@ HOSTILE = [
     "\\\"} or up",
     ".*",
     "",
+    # Kubernetes expands $(VAR) in command, args and env values; `$$` is its escape.
+    "$(KUBETUNE_JOB)",
+    "$$(HOME)",
+    "$(",
+    "trailing$",
+    "$$",
+    "$",
 ]
 
 
@@ -149,12 +157,22 @@ def test_a_template_may_ask_for_the_token_explicitly() -> None:
 # --------------------------------------------------------------------------- no shell
 
 
+def received(text: str, env: dict[str, str] | None = None) -> str:
+    """What the container gets for a command, args or env entry: the kubelet's `$(VAR)` expansion (the dev
+    node agent implements Kubernetes' own rules; the real-node e2e tests check the kubelet agrees)."""
+    return expand(text, env if env is not None else {"KUBETUNE_JOB": "sec", "HOME": "/root"})
+
+
 @pytest.mark.parametrize("value", HOSTILE)
 def test_substitution_is_literal_and_never_recursive(value: str) -> None:
     parameters = {"x": value, "other": "SHOULD-NOT-APPEAR"}
-    assert substitute("--flag=${params.x}", parameters) == f"--flag={value}"
-    assert substitute("${params.x}${params.x}", parameters) == value + value
+    assert received(substitute("--flag=${params.x}", parameters)) == f"--flag={value}"
+    assert received(substitute("${params.x}${params.x}", parameters)) == value + value
     assert "SHOULD-NOT-APPEAR" not in substitute("${params.x}", parameters)
+
+
+def test_the_templates_own_references_keep_their_kubernetes_meaning() -> None:
+    assert received(substitute("$(KUBETUNE_JOB)/${params.x}", {"x": "$(HOME)"})) == "sec/$(HOME)"
 
 
 def test_hostile_values_stay_one_argv_entry_each_and_the_command_is_untouched() -> None:
@@ -166,8 +184,8 @@ def test_hostile_values_stay_one_argv_entry_each_and_the_command_is_untouched() 
     for value in HOSTILE:
         built = trial_pod(job, {"x": value})["spec"]["containers"][0]
         assert built["command"] == container["command"]
-        assert built["args"] == [f"--a={value}", value]
-        env = {e["name"]: e.get("value") for e in built["env"]}
+        assert [received(a) for a in built["args"]] == [f"--a={value}", value]
+        env = {e["name"]: received(e["value"]) for e in built["env"] if "value" in e}
         assert env["X"] == f"v={value}" and env["KUBETUNE_PARAM_X"] == value
         assert json.loads(env["KUBETUNE_PARAMS"]) == {"x": value}
 

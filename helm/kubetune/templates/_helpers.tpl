@@ -96,6 +96,9 @@ tests/unit/helm_chart.py::OPERATOR_RULES.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "update"]
 {{- end }}
 
 {{/*

@@ -18,7 +18,7 @@ import math
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "kubetune.io"
@@ -37,6 +37,11 @@ MAX_INT_BOUND = 2**53
 
 ParameterValue = float | int | str
 ParameterAssignment = dict[str, ParameterValue]
+
+
+def rounded(value: float | None) -> str | None:
+    """A value as `kubectl get` shows it: 6 significant digits (the status keeps the full value)."""
+    return None if value is None else f"{value:.6g}"
 
 
 def rules(*cel: tuple[str, str]) -> dict[str, Any]:
@@ -92,8 +97,13 @@ class Objective(KubeModel):
         description=(
             "PromQL template for the objective when trials do not follow the trainer contract. "
             "Placeholders {{namespace}}, {{job}}, {{trial}} and {{metric}} are replaced by escaped "
-            "label values; the query must return one series per reported step with a `step` label, "
-            "or a single series (taken as the latest value)."
+            "label values; the query must return one series per reported step with a `step` label "
+            "(the learning curve early stopping compares), or a single series (the latest value). "
+            "When a trial's pod finishes, the query's answer is its objective (the single series, else "
+            "the value at the highest step), ahead of its termination message; a trial with no answer "
+            "yet waits for one (the operator's KUBETUNE_FINAL_METRICS_GRACE_SECONDS, default 30) "
+            "before it fails with MetricsUnavailable. Use last_over_time(...[15m]) so a finished pod's "
+            "last samples still count."
         ),
     )
 
@@ -379,7 +389,15 @@ class Budget(KubeModel):
         json_schema_extra=rules(("self.parallelism <= self.maxTrials", "parallelism must not exceed maxTrials"))
     )
 
-    max_trials: int = Field(ge=1, le=1_000_000, description="Trials to run in total.")
+    max_trials: int = Field(
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Trials to run in total. Raising it on a finished job (Succeeded with MaxTrialsReached or "
+            "SearchSpaceExhausted) reopens it: the job goes back to Running and continues with the new "
+            "trials, keeping every trial it ran."
+        ),
+    )
     parallelism: int = Field(default=1, ge=1, le=10_000, description="Trials running at the same time.")
     max_failed_trials: int = Field(
         default=3, ge=0, le=1_000_000, description="The job fails once more trials than this have failed."
@@ -585,6 +603,11 @@ class TrialCounts(KubeModel):
     succeeded: int = 0
     failed: int = 0
     early_stopped: int = 0
+    cancelled: int = Field(default=0, description="Trials still active when the job finished, stopped with it.")
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed + self.early_stopped + self.cancelled
 
 
 class BestTrial(KubeModel):
@@ -606,9 +629,19 @@ class TuningJobStatus(KubeModel):
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
     counts: TrialCounts = Field(default_factory=TrialCounts)
     best_trial: BestTrial | None = None
+    best_objective_rounded: str | None = Field(
+        default=None, description="bestTrial.objective to 6 significant digits (the Best column); derived."
+    )
     start_time: str | None = None
     completion_time: str | None = None
     message: str | None = Field(default=None, max_length=32768)
+
+    @model_serializer(mode="wrap")
+    def _with_rounded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        _put_rounded(data, "bestObjectiveRounded", "best_objective_rounded",
+                     self.best_trial.objective if self.best_trial else None)
+        return data
 
 
 class ObjectMeta(BaseModel):
@@ -644,11 +677,12 @@ class TrialPhase(StrEnum):
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
-    EARLY_STOPPED = "EarlyStopped"
+    EARLY_STOPPED = "EarlyStopped"  # stopped by the early-stopping rule
+    CANCELLED = "Cancelled"  # still active when the job finished (failed, reached its target or deadline)
 
     @property
     def finished(self) -> bool:
-        return self in (TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED)
+        return self in (TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED, TrialPhase.CANCELLED)
 
 
 class TrialSpec(KubeModel):
@@ -682,6 +716,24 @@ class TrialStatus(KubeModel):
     reason: str | None = None
     message: str | None = Field(default=None, max_length=32768)
     observed_generation: int | None = None
+    objective_rounded: str | None = Field(
+        default=None, description="objective to 6 significant digits (the Objective column); derived."
+    )
+
+    @model_serializer(mode="wrap")
+    def _with_rounded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        _put_rounded(data, "objectiveRounded", "objective_rounded", self.objective)
+        return data
+
+
+def _put_rounded(data: dict[str, Any], alias: str, name: str, value: float | None) -> None:
+    """Set a derived display field in serialized data, under whichever key spelling the dump used."""
+    key = alias if alias in data or name not in data else name
+    data.pop(name, None)
+    data.pop(alias, None)
+    if value is not None:
+        data[key] = rounded(value)
 
 
 class Trial(KubeModel):

@@ -24,7 +24,7 @@ from typing import Any
 from kubetune.api import BestTrial, Goal, Trial, TrialPhase, TrialStatus
 from kubetune.search import FrozenEntry, SettledHistory
 
-FINAL_PHASES = frozenset({TrialPhase.SUCCEEDED, TrialPhase.FAILED, TrialPhase.EARLY_STOPPED})
+FINAL_PHASES = frozenset(phase for phase in TrialPhase if phase.finished)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,8 @@ def history_entry(
     parameters: Mapping[str, object], status: TrialStatus, curve: Iterable[Iterable[float]] | None = None
 ) -> dict[str, Any]:
     """A trial as the search engine sees it (`curve`: a fresher one than the status's)."""
-    objective = status.objective if status.phase in (TrialPhase.SUCCEEDED, TrialPhase.EARLY_STOPPED) else None
+    partial = (TrialPhase.SUCCEEDED, TrialPhase.EARLY_STOPPED, TrialPhase.CANCELLED)
+    objective = status.objective if status.phase in partial else None
     return {
         "parameters": dict(parameters),
         "state": str(status.phase),

@@ -9,7 +9,8 @@ Trial lifecycle, as decided here from the trial's pods:
 
     (no pod) -> Pending -> Running -> Succeeded            objective from the termination message
                                    -> Failed -> retry as attempt n+1 while retries last, else Failed
-                                   -> EarlyStopped           the rule (or the job's end) stopped it
+                                   -> EarlyStopped           the early-stopping rule stopped it
+                                   -> Cancelled              the job finished while it was active
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from kubetune.api import (
     TuningJobStatus,
 )
 from kubetune.controller import naming
-from kubetune.controller.conditions import remove_condition, set_condition
+from kubetune.controller.conditions import find_condition, remove_condition, set_condition
 from kubetune.controller.ledger import FINAL_PHASES, Ledger, SettledTrial, beats, history_entry
-from kubetune.controller.observe import PodView
+from kubetune.controller.observe import PodView, TerminationReport
 from kubetune.controller.templates import build_trial, build_trial_pod, template_placeholders
 from kubetune.search import History, StopDecision
 
@@ -56,6 +57,9 @@ class Observations:
     curves: dict[str, Curve] = field(default_factory=dict)  # trial -> [(step, objective)], ascending steps
     finals: dict[str, dict[str, float]] = field(default_factory=dict)  # trial -> final metrics
     problem: tuple[str, str] | None = None  # (reason, message) when degraded
+    # Whether Prometheus was asked for this plan at all: MetricsAvailable follows answers only, so a reconcile
+    # that needed nothing from Prometheus (a finished job) never claims it is reachable.
+    asked: bool = False
 
     @property
     def available(self) -> bool:
@@ -107,6 +111,14 @@ class Event:
     type: str  # Normal or Warning
     reason: str
     message: str
+    # The transition this Event reports, e.g. "<trial uid>/TrialSucceeded". The Event's name is derived from
+    # it, so a transition planned twice (a reconcile from a stale cache, a restart) is posted once: the API
+    # server refuses the second. "" for Events without such an identity.
+    key: str = ""
+
+
+def transition_key(*parts: object) -> str:
+    return "/".join(str(p) for p in parts)
 
 
 Action = CreateTrial | CreatePod | DeletePod | PatchTrialStatus | Event
@@ -126,6 +138,9 @@ class Plan:
 @dataclass(frozen=True)
 class PlannerSettings:
     metrics_poll_seconds: float = 2.0  # how often running trials are compared (early stopping)
+    # How long a finished trial whose objective must come from Prometheus (objective.promql, or Prometheus not
+    # answering) waits for it before it fails with MetricsUnavailable.
+    final_metrics_grace_seconds: float = 30.0
     # Finished pods kept per job once their trial's result is recorded; older ones are deleted so
     # etcd and every watch cache stay bounded at any trial count (None: keep all).
     keep_finished_pods: int | None = 1000
@@ -173,11 +188,23 @@ def validate_job(job: TuningJob) -> str | None:
 class _TrialStep:
     status: TrialStatus
     actions: list[Action] = field(default_factory=list)
+    recheck_after: float | None = None  # seconds; the trial waits for something only time can bring
 
 
-def _objective_from(report_metrics: dict[str, float], best: dict[str, float], metric: str) -> float | None:
-    value = best.get(metric, report_metrics.get(metric))
+def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+def final_objective(spec: TuningJobSpec, report: TerminationReport | None, prometheus: Mapping[str, float]
+                    ) -> float | None:
+    """A finished trial's objective. With `objective.promql` the user's query defines it, so its answer comes
+    first; otherwise the trial's own termination message (its best value, else its last), then Prometheus'
+    `kubetune_trial_final`."""
+    metric = spec.objective.metric
+    reported = [report.best.get(metric), report.metrics.get(metric)] if report else []
+    from_prometheus = [prometheus.get(metric)]
+    candidates = from_prometheus + reported if spec.objective.promql else reported + from_prometheus
+    return next((v for v in map(_finite, candidates) if v is not None), None)
 
 
 def advance_trial(
@@ -187,10 +214,12 @@ def advance_trial(
     expected_pods: frozenset[str],
     observations: Observations,
     now: datetime,
+    settings: PlannerSettings = PlannerSettings(),
 ) -> _TrialStep:
     """An active trial's next status from its pods, and the pod actions that go with it."""
     spec = job.spec
     name = trial.metadata.name
+    trial_id = trial.metadata.uid or name
     status = trial.status.model_copy(deep=True)
     step = _TrialStep(status=status)
 
@@ -207,18 +236,28 @@ def advance_trial(
         status.attempts = number
         status.phase = TrialPhase.PENDING
 
+    def keep_curve() -> None:
+        """What the trial reported to Prometheus stays in its status, also when it ends badly."""
+        curve = observations.curves.get(name)
+        if curve:
+            status.intermediate = [list(p) for p in curve]
+
     def fail(reason: str, message: str) -> None:
+        keep_curve()
         status.phase = TrialPhase.FAILED
         status.reason = reason
         status.message = _short(message, 2048)
         status.completion_time = status.completion_time or _iso(now)
-        step.actions.append(Event("Trial", name, "Warning", "TrialFailed", f"{reason}: {_short(message)}"))
+        step.actions.append(Event("Trial", name, "Warning", "TrialFailed", f"{reason}: {_short(message)}",
+                                  transition_key(trial_id, "TrialFailed")))
 
     def attempt_failed(reason: str, message: str) -> None:
         if attempts < max_attempts:
+            keep_curve()
             step.actions.append(
                 Event("Trial", name, "Warning", "TrialRetried",
-                      f"attempt {attempts} failed ({reason}: {_short(message, 200)}); starting attempt {attempts + 1}")
+                      f"attempt {attempts} failed ({reason}: {_short(message, 200)}); starting attempt {attempts + 1}",
+                      transition_key(trial_id, "TrialRetried", attempts))
             )
             new_attempt(attempts + 1)
         else:
@@ -238,29 +277,39 @@ def advance_trial(
     if pod.phase == "Succeeded":
         report = pod.report()
         final = observations.finals.get(name, {})
-        metrics = dict(final) | (report.metrics if report else {})
-        objective = _objective_from(metrics, report.best if report else {}, spec.objective.metric)
+        objective = final_objective(spec, report, final)
         if objective is None:
-            objective = _objective_from(final, {}, spec.objective.metric)
+            # The objective may still come from Prometheus: a query of the user's own (scrapes land late in
+            # remote setups), or a Prometheus that does not answer now. Wait for it, a while.
+            from_prometheus = spec.objective.promql is not None or not observations.available
+            finished = _parse_time(pod.finished_at) or now
+            waited = (now - finished).total_seconds()
+            if from_prometheus and waited < settings.final_metrics_grace_seconds:
+                remaining = settings.final_metrics_grace_seconds - waited
+                step.recheck_after = max(0.1, min(settings.metrics_poll_seconds, remaining))
+                return step
         status.start_time = status.start_time or pod.started_at
         status.completion_time = pod.finished_at or _iso(now)
-        status.metrics = metrics
-        curve = observations.curves.get(name)
-        if curve:
-            status.intermediate = [list(p) for p in curve]
+        status.metrics = dict(final) | (report.metrics if report else {})
         if objective is None:
+            where = ("nor did its objective.promql query answer with a value" if spec.objective.promql
+                     else "nor to Prometheus")
+            problem = f" (Prometheus: {observations.problem[1]})" if observations.problem else ""
             fail(
                 "MetricsUnavailable",
                 f"pod {pod.name} succeeded but reported no {spec.objective.metric!r} "
-                "in its termination message nor to Prometheus",
+                f"in its termination message {where}{problem}",
             )
         else:
+            keep_curve()
+            status.metrics[spec.objective.metric] = objective
             status.phase = TrialPhase.SUCCEEDED
             status.objective = objective
             status.reason = "Completed"
             status.message = None
             step.actions.append(
-                Event("Trial", name, "Normal", "TrialSucceeded", f"{spec.objective.metric}={objective:.6g}")
+                Event("Trial", name, "Normal", "TrialSucceeded", f"{spec.objective.metric}={objective:.6g}",
+                      transition_key(trial_id, "TrialSucceeded"))
             )
         return step
     if pod.phase == "Failed":
@@ -302,6 +351,7 @@ def _counts(ledger: Ledger, statuses: Sequence[TrialStatus]) -> TrialCounts:
         succeeded=by_phase[TrialPhase.SUCCEEDED],
         failed=by_phase[TrialPhase.FAILED],
         early_stopped=by_phase[TrialPhase.EARLY_STOPPED],
+        cancelled=by_phase[TrialPhase.CANCELLED],
     )
 
 
@@ -384,7 +434,7 @@ def _finish_reason(
 
 
 def plan_invalid(
-    name: str, job_status: TuningJobStatus, generation: int | None, message: str, now: datetime
+    name: str, job_status: TuningJobStatus, generation: int | None, message: str, now: datetime, uid: str | None = None
 ) -> Plan:
     """A spec the operator cannot run: say why in the status, do nothing else."""
     status = job_status.model_copy(deep=True)
@@ -398,7 +448,8 @@ def plan_invalid(
     changed = status.to_wire() != job_status.to_wire()
     actions: list[Action] = []
     if changed:
-        actions.append(Event("TuningJob", name, "Warning", "InvalidSpec", _short(message)))
+        actions.append(Event("TuningJob", name, "Warning", "InvalidSpec", _short(message),
+                             transition_key(uid or name, "InvalidSpec", generation)))
     return Plan(actions=actions, status=status if changed else None)
 
 
@@ -412,17 +463,20 @@ def plan(
     expected_pods: frozenset[str] = frozenset(),
     settings: PlannerSettings = PlannerSettings(),
     ledger: Ledger | None = None,
+    other_operators: Sequence[str] = (),
 ) -> Plan:
     """Everything the operator should do for `job` now.
 
     `ledger`: the job's final trials as kept between reconciles (the operator passes only active
-    trials besides it); final trials in `trials` are added to it. Without one, `trials` are all."""
+    trials besides it); final trials in `trials` are added to it. Without one, `trials` are all.
+    `other_operators`: installations standing by for this job while this one reconciles it."""
     problem = validate_job(job)
     generation = job.metadata.generation
     if problem is not None:
-        return plan_invalid(job.metadata.name, job.status, generation, problem, now)
+        return plan_invalid(job.metadata.name, job.status, generation, problem, now, job.metadata.uid)
 
     spec = job.spec
+    job_id = job.metadata.uid or job.metadata.name
     ledger = ledger if ledger is not None else Ledger()
     active: list[Trial] = []
     for t in trials:
@@ -438,10 +492,14 @@ def plan(
     result = Plan()
     # Only active trials are advanced: a long study's final ones are the ledger's totals.
     statuses: list[TrialStatus] = []
+    rechecks: list[float] = []
     for t in active:
-        step = advance_trial(job, t, pods_by_trial.get(t.metadata.name, []), expected_pods, observations, now)
+        step = advance_trial(job, t, pods_by_trial.get(t.metadata.name, []), expected_pods, observations, now,
+                             settings)
         statuses.append(step.status)
         result.actions.extend(step.actions)
+        if step.recheck_after is not None:
+            rechecks.append(step.recheck_after)
     settled_with_pods = sorted((r for r in map(ledger.get, pods_by_trial) if r is not None), key=_record_index)
     for record in settled_with_pods:  # a pod still running (stopped trial, finished job) is stopped
         for pod in pods_by_trial[record.name]:
@@ -496,7 +554,7 @@ def plan(
                 first_pod = build_trial_pod(job, name, 1, parameters, trial_uid=None)
                 result.actions.append(CreateTrial(trial=manifest, pod=first_pod))
                 result.actions.append(Event("TuningJob", job.metadata.name, "Normal", "TrialCreated",
-                                            f"{name}: {parameters}"))
+                                            f"{name}: {parameters}", transition_key(job_id, "TrialCreated", name)))
             counts.created += len(suggestions)
             counts.pending += len(suggestions)
             if len(suggestions) < slots and counts.pending + counts.running == 0:
@@ -507,7 +565,8 @@ def plan(
         for t, status in zip(active, statuses, strict=True):
             if status.phase in (TrialPhase.PENDING, TrialPhase.RUNNING):
                 _stop_trial(result, t, status, pods_by_trial, observations, now, "JobFinished",
-                            f"the job finished ({finished[1]}) while this trial was active", None)
+                            f"the job finished ({finished[1]}) while this trial was active", None,
+                            phase=TrialPhase.CANCELLED)
         counts = _counts(ledger, statuses)
 
     result.actions.extend(_prune_finished_pods(settled_with_pods, pods_by_trial, settings.keep_finished_pods))
@@ -517,14 +576,19 @@ def plan(
         if status.to_wire() != trial.status.to_wire():
             result.actions.append(PatchTrialStatus(trial.metadata.name, status.to_wire()))
 
-    result.status = _job_status(job, counts, best, finished, observations, start, now)
+    result.status = _job_status(job, counts, best, finished, observations, start, now, other_operators)
+    result.actions.extend(_condition_events(job, result.status, job_id))
     if result.status.to_wire() == job.status.to_wire():
         result.status = None
     elif finished is not None and job.status.phase != finished[0]:
         kind = "Normal" if finished[0] == TuningJobPhase.SUCCEEDED else "Warning"
-        result.actions.append(Event("TuningJob", job.metadata.name, kind, finished[1], finished[2]))
+        # Once per finish: a job reopened (a raised budget) and finished again has more trials or a newer spec.
+        result.actions.append(Event("TuningJob", job.metadata.name, kind, finished[1], finished[2],
+                                    transition_key(job_id, finished[1], generation, counts.created)))
 
     result.requeue_after = _requeue_after(job, counts, finished, start, now, settings)
+    if rechecks and finished is None:
+        result.requeue_after = min([*rechecks, *([result.requeue_after] if result.requeue_after else [])])
     return result
 
 
@@ -568,12 +632,13 @@ def _stop_trial(
     reason: str,
     message: str,
     decision: EarlyStopDecision | None,
+    phase: TrialPhase = TrialPhase.EARLY_STOPPED,
 ) -> None:
     name = trial.metadata.name
     curve = observations.curves.get(name)
     if curve:
         status.intermediate = [list(p) for p in curve]
-    status.phase = TrialPhase.EARLY_STOPPED
+    status.phase = phase
     status.early_stopping = decision
     status.objective = status.intermediate[-1][1] if status.intermediate else None
     status.reason = reason
@@ -582,7 +647,9 @@ def _stop_trial(
     for pod in pods_by_trial.get(name, []):
         if not pod.terminal and not pod.deleting:
             result.actions.append(DeletePod(pod.name, f"trial {name}: {reason}"))
-    result.actions.append(Event("Trial", name, "Normal", "TrialEarlyStopped" if decision else reason, message))
+    event_reason = "TrialEarlyStopped" if phase == TrialPhase.EARLY_STOPPED else "TrialCancelled"
+    result.actions.append(Event("Trial", name, "Normal", event_reason, message,
+                                transition_key(trial.metadata.uid or name, event_reason)))
 
 
 def _job_status(
@@ -593,6 +660,7 @@ def _job_status(
     observations: Observations,
     start: datetime,
     now: datetime,
+    other_operators: Sequence[str] = (),
 ) -> TuningJobStatus:
     spec = job.spec
     generation = job.metadata.generation
@@ -600,7 +668,7 @@ def _job_status(
     status = job.status.model_copy(deep=True)
     conditions = set_condition(status.conditions, "Valid", ConditionStatus.TRUE, "Valid", "", stamp, generation)
     active = counts.pending + counts.running
-    finished_count = counts.succeeded + counts.failed + counts.early_stopped
+    finished_count = counts.finished
     if finished is not None:
         phase, reason, message = finished
         status.completion_time = status.completion_time or stamp
@@ -623,7 +691,8 @@ def _job_status(
             conditions = set_condition(conditions, "Running", ConditionStatus.TRUE, "TrialsActive", message, stamp,
                                        generation)
         status.message = None
-    if spec.early_stopping.rule != EarlyStoppingRule.NONE or spec.objective.promql:
+    consulted = observations.asked or observations.problem is not None
+    if (spec.early_stopping.rule != EarlyStoppingRule.NONE or spec.objective.promql) and consulted:
         if observations.problem is None:
             conditions = set_condition(conditions, "MetricsAvailable", ConditionStatus.TRUE, "PrometheusReachable",
                                        "", stamp, generation)
@@ -632,6 +701,16 @@ def _job_status(
             conditions = set_condition(conditions, "MetricsAvailable", ConditionStatus.FALSE, reason,
                                        message + "; early stopping is paused, final results still come from pods",
                                        stamp, generation)
+    if other_operators:
+        others = ", ".join(other_operators)
+        conditions = set_condition(
+            conditions, "DuplicateOperator", ConditionStatus.TRUE, "AnotherOperatorWatches",
+            f"another kubetune installation ({others}) watches this namespace too and stands by while this one "
+            "reconciles the job; give each installation namespaces of its own (the chart's watchNamespaces)",
+            stamp, generation)
+    elif find_condition(conditions, "DuplicateOperator") is not None:
+        conditions = set_condition(conditions, "DuplicateOperator", ConditionStatus.FALSE, "NoOtherOperator",
+                                   "no other kubetune installation stood by recently", stamp, generation)
     status.conditions = conditions
     status.phase = phase
     status.counts = counts
@@ -640,6 +719,39 @@ def _job_status(
     status.observed_generation = generation
     status.start_time = status.start_time or _iso(start)
     return status
+
+
+@dataclass(frozen=True)
+class _Announced:
+    """A condition whose every change is an Event (none when it first appears in its healthy state)."""
+
+    type: str
+    healthy: ConditionStatus
+    healthy_reason: str  # the Event's reason when it turns healthy
+    unhealthy_reason: str
+
+
+_ANNOUNCED_CONDITIONS = (
+    _Announced("MetricsAvailable", ConditionStatus.TRUE, "MetricsAvailable", "MetricsUnavailable"),
+    _Announced("DuplicateOperator", ConditionStatus.FALSE, "DuplicateOperatorGone", "DuplicateOperator"),
+)
+
+
+def _condition_events(job: TuningJob, status: TuningJobStatus, job_id: str) -> list[Action]:
+    events: list[Action] = []
+    for announced in _ANNOUNCED_CONDITIONS:
+        type_ = announced.type
+        before, after = find_condition(job.status.conditions, type_), find_condition(status.conditions, type_)
+        if after is None or (before is not None and before.status == after.status):
+            continue
+        healthy = after.status == announced.healthy
+        if before is None and healthy:
+            continue
+        message = after.message or after.reason
+        events.append(Event("TuningJob", job.metadata.name, "Normal" if healthy else "Warning",
+                            announced.healthy_reason if healthy else announced.unhealthy_reason, message,
+                            transition_key(job_id, type_, after.status, after.last_transition_time)))
+    return events
 
 
 def _requeue_after(

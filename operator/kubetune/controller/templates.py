@@ -35,13 +35,25 @@ def placeholders(text: str) -> list[str]:
     return _PLACEHOLDER.findall(text)
 
 
+def kube_literal(text: str) -> str:
+    """`text` spelled so that the container receives it unchanged.
+
+    The kubelet expands `$(VAR)` in command, args and env values, and `$$` is its escape for one `$`;
+    doubling every `$` is the only spelling that no expansion can alter.
+    """
+    return text.replace("$", "$$")
+
+
 def substitute(text: str, parameters: ParameterAssignment) -> str:
-    """Replace ${params.name} literally. Absent (conditional) parameters become ''.
+    """Replace ${params.name} by the value, literally. Absent (conditional) parameters become ''.
 
     The result goes into an argv entry or env value, never through a shell, so
-    a value such as `; rm -rf /` stays inert text.
+    a value such as `; rm -rf /` stays inert text; the value's `$` are escaped for the
+    kubelet's `$(VAR)` expansion (`kube_literal`), while the template's own text keeps
+    Kubernetes' meaning, so a template may still refer to `$(POD_NAME)` on purpose.
     """
-    return _PLACEHOLDER.sub(lambda m: format_value(parameters[m[1]]) if m[1] in parameters else "", text)
+    return _PLACEHOLDER.sub(lambda m: kube_literal(format_value(parameters[m[1]])) if m[1] in parameters else "",
+                            text)
 
 
 def template_placeholders(job: TuningJob) -> set[str]:
@@ -171,10 +183,11 @@ def _substitute_container(container: dict[str, Any], parameters: ParameterAssign
 def _inject_primary(container: dict[str, Any], job: TuningJob, trial: str, parameters: ParameterAssignment) -> None:
     template = job.spec.trial_template
     injected: list[dict[str, Any]] = [
-        {"name": naming.param_env_name(name), "value": format_value(value)} for name, value in parameters.items()
+        {"name": naming.param_env_name(name), "value": kube_literal(format_value(value))}
+        for name, value in parameters.items()
     ]
     injected += [
-        {"name": naming.ENV_PARAMS_JSON, "value": json.dumps(parameters, sort_keys=True)},
+        {"name": naming.ENV_PARAMS_JSON, "value": kube_literal(json.dumps(parameters, sort_keys=True))},
         {"name": naming.ENV_TRIAL, "value": trial},
         {"name": naming.ENV_JOB, "value": job.metadata.name},
         {"name": naming.ENV_METRICS_PORT, "value": str(template.metrics_port)},
@@ -182,7 +195,7 @@ def _inject_primary(container: dict[str, Any], job: TuningJob, trial: str, param
         {"name": naming.ENV_METRICS_ADDRESS, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {
             "name": naming.ENV_TERMINATION_MESSAGE_PATH,
-            "value": container.get("terminationMessagePath", "/dev/termination-log"),
+            "value": kube_literal(container.get("terminationMessagePath", "/dev/termination-log")),
         },
     ]
     # The user's own env wins over what kubetune injects under the same name.

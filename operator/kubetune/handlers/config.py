@@ -28,6 +28,9 @@ class OperatorConfig:
     workers: int = 4
     # KUBETUNE_METRICS_POLL_SECONDS: how often running trials' curves are read for early stopping.
     metrics_poll_seconds: float = 2.0
+    # KUBETUNE_FINAL_METRICS_GRACE_SECONDS: how long a finished trial whose objective must come from Prometheus
+    # (objective.promql, or Prometheus not answering) waits for it before failing with MetricsUnavailable.
+    final_metrics_grace_seconds: float = 30.0
     # KUBETUNE_KEEP_FINISHED_PODS: finished trial pods kept per job once their result is recorded in the
     # Trial; older ones are deleted so etcd stays small at any trial count (-1 keeps all).
     keep_finished_pods: int = 1000
@@ -40,6 +43,10 @@ class OperatorConfig:
     # KUBETUNE_LISTEN_ADDRESS: address of both endpoints; the dev cluster's node agent runs pods as host
     # processes, so there the operator binds its pod IP (status.podIP) to keep its ports its own.
     listen_address: str = "0.0.0.0"
+    # KUBETUNE_OPERATOR_ID: this installation's name in each job's Lease (the chart: <namespace>/<release>).
+    # Stable across restarts, so a restarted operator takes up its jobs at once; distinct per installation, so
+    # two whose namespaces overlap reconcile each job once and say so (the DuplicateOperator condition).
+    operator_id: str = "kubetune"
     # KUBECONFIG is honoured by the client; in a pod the service-account token is used.
     kubeconfig: str | None = field(default=None)
 
@@ -51,10 +58,13 @@ class OperatorConfig:
             namespaces=namespaces,
             workers=_env_int("KUBETUNE_WORKERS", cls.workers),
             metrics_poll_seconds=_env_float("KUBETUNE_METRICS_POLL_SECONDS", cls.metrics_poll_seconds),
+            final_metrics_grace_seconds=_env_float("KUBETUNE_FINAL_METRICS_GRACE_SECONDS",
+                                                   cls.final_metrics_grace_seconds),
             keep_finished_pods=_env_int("KUBETUNE_KEEP_FINISHED_PODS", cls.keep_finished_pods),
             resync_seconds=_env_float("KUBETUNE_RESYNC_SECONDS", cls.resync_seconds),
             metrics_port=_env_int("KUBETUNE_OPERATOR_METRICS_PORT", cls.metrics_port),
             health_port=_env_int("KUBETUNE_HEALTH_PORT", cls.health_port),
             listen_address=os.environ.get("KUBETUNE_LISTEN_ADDRESS") or cls.listen_address,
+            operator_id=os.environ.get("KUBETUNE_OPERATOR_ID") or cls.operator_id,
             kubeconfig=os.environ.get("KUBECONFIG") or None,
         )

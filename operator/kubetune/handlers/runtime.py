@@ -20,23 +20,27 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubetune.api import EarlyStoppingRule, Trial, TuningJob, TuningJobStatus
+from kubetune.api import EarlyStoppingRule, Trial, TuningJob, TuningJobPhase, TuningJobStatus
 from kubetune.controller import naming
 from kubetune.controller.engine import SearchEngine
 from kubetune.controller.ledger import FINAL_PHASES, Ledger
 from kubetune.controller.observe import PodView, pod_view
+from kubetune.controller.ownership import RENEW_AFTER_SECONDS, STANDBY_RECHECK_SECONDS, lease_name
 from kubetune.controller.planner import (
     Engine,
+    Event,
     Observations,
     PatchTrialStatus,
     Plan,
     PlannerSettings,
     plan,
     plan_invalid,
+    transition_key,
 )
 from kubetune.handlers.config import OperatorConfig
-from kubetune.k8s.apply import JobRef, PlanApplier, pods_path
-from kubetune.k8s.client import KubeClient, NotFound
+from kubetune.k8s.apply import JobRef, PlanApplier, namespace_going_away, pods_path
+from kubetune.k8s.client import ApiError, KubeClient, NotFound
+from kubetune.k8s.leases import Claim, JobLeases
 from kubetune.metrics.operator import OperatorMetrics
 from kubetune.metrics.prometheus import PrometheusClient, observe_trials
 
@@ -67,11 +71,13 @@ class Controller:
         self.config = config
         self.client = client
         self.applier = PlanApplier(client)
+        self.leases = JobLeases(client, config.operator_id)
         self.metrics = metrics or OperatorMetrics()
         self.engine: Engine = engine or SearchEngine()
         self.prometheus = PrometheusClient(config.prometheus_url) if config.prometheus_url else None
         self.planner_settings = PlannerSettings(
             metrics_poll_seconds=config.metrics_poll_seconds,
+            final_metrics_grace_seconds=config.final_metrics_grace_seconds,
             keep_finished_pods=config.keep_finished_pods if config.keep_finished_pods >= 0 else None,
         )
         # Kopf's live indices, attached by the first handler call. The Trial index holds active Trials
@@ -137,8 +143,10 @@ class Controller:
     def enqueue_after(self, key: Key, delay: float) -> None:
         timer = self._timers.get(key)
         loop = asyncio.get_running_loop()
-        due = loop.time() + delay
-        if timer is not None and not timer.cancelled() and timer.when() <= due:
+        now = loop.time()
+        due = now + delay
+        # A handle that fired keeps its (past) due time: only one still to come stands for an earlier wake-up.
+        if timer is not None and not timer.cancelled() and now < timer.when() <= due:
             return  # an earlier wake-up is already set
         if timer is not None:
             timer.cancel()
@@ -280,13 +288,23 @@ class Controller:
         ref = JobRef(namespace=namespace, name=name, uid=metadata.get("uid", ""),
                      resource_version=metadata.get("resourceVersion", ""))
         try:
+            claim = await self.leases.claim(key, ref.uid, now)
+        except ApiError as error:
+            if namespace_going_away(error, namespace):
+                return
+            raise
+        if not claim.held:
+            self._stand_by(ref, claim)
+            return
+        try:
             job = TuningJob.model_validate(body)
         except ValidationError as error:
             try:
                 current = TuningJobStatus.model_validate(old_status)
             except ValidationError:
                 current = TuningJobStatus()
-            invalid = plan_invalid(name, current, metadata.get("generation"), _validation_message(error), now)
+            invalid = plan_invalid(name, current, metadata.get("generation"), _validation_message(error), now,
+                                   metadata.get("uid"))
             await self.applier.apply(ref, invalid, lambda _: {}, lambda _: None, old_status)
             return
 
@@ -309,7 +327,8 @@ class Controller:
         suggest_started = time.monotonic()
         result = await asyncio.get_running_loop().run_in_executor(
             None,
-            lambda: plan(job, trials, pods, observations, now, self.engine, expected, self.planner_settings, ledger),
+            lambda: plan(job, trials, pods, observations, now, self.engine, expected, self.planner_settings, ledger,
+                         claim.others),
         )
         if result.suggested:
             self.metrics.suggestion_seconds.observe(time.monotonic() - suggest_started)
@@ -330,8 +349,21 @@ class Controller:
         self._record_metrics(key, job, result, active, applied.created_trials)
         if result.requeue_after is not None:
             self.enqueue_after(key, result.requeue_after)
+        if (result.status or job.status).phase not in (TuningJobPhase.SUCCEEDED, TuningJobPhase.FAILED):
+            self.enqueue_after(key, RENEW_AFTER_SECONDS)  # keeps the job's Lease fresh while it has work
         if applied.errors:
             raise RuntimeError(f"{len(applied.errors)} API call(s) failed; first: {applied.errors[0]}")
+
+    def _stand_by(self, ref: JobRef, claim: Claim) -> None:
+        """Another installation reconciles this job: leave it alone, say so once, and look again later (it
+        takes over if the holder stops renewing the job's Lease)."""
+        me = self.config.operator_id
+        message = (f"operator {me} stands by: {claim.holder} reconciles this job (Lease {lease_name(ref.name)}); "
+                   "two kubetune installations watch this namespace, give each its own (watchNamespaces)")
+        event = Event("TuningJob", ref.name, "Warning", "OperatorStandingBy", message,
+                      transition_key(ref.uid, "OperatorStandingBy", me, claim.holder))
+        self.applier.events.record(ref.namespace, self.applier.event_body(ref, event, None))
+        self.enqueue_after((ref.namespace, ref.name), STANDBY_RECHECK_SECONDS)
 
     def _defer_counters(self, key: Key, old_status: dict[str, Any], result: Plan) -> None:
         """Hold back a job status that changed only in its counters (trial counts, progress, the
@@ -414,6 +446,7 @@ class Controller:
         self._deleted_finished.pop(key, None)
         self._observed.pop(key, None)
         self._status_written.pop(key, None)
+        self.leases.forget(key)
         self._failures.pop(key, None)
         for gauge in (self.metrics.trials_running, self.metrics.trials_pending, self.metrics.best_objective):
             try:

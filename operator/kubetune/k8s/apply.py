@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import logging
 import socket
 from collections.abc import Callable
@@ -79,6 +80,12 @@ def namespace_going_away(error: ApiError, namespace: str) -> bool:
     return gone or (error.status == 403 and "because it is being terminated" in error.message)
 
 
+def event_name(involved: str, key: str) -> str:
+    """The name of the Event reporting transition `key` of object `involved`: the same transition always
+    gets the same name, so the API server keeps one Event per transition however often it is posted."""
+    return f"{involved}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
 def trials_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
     return resource_path(GROUP, VERSION, "trials", namespace, name, subresource)
 
@@ -122,6 +129,12 @@ class EventRecorder:
             namespace, body = await self._queue.get()
             try:
                 await self.client.create(resource_path("", "v1", "events", namespace), body)
+                # The operator's log says each decision once, as its Event does: what on-call reads first.
+                involved = body["involvedObject"]
+                logger.log(logging.WARNING if body["type"] == "Warning" else logging.INFO, "%s/%s %s %s: %s",
+                           namespace, involved["kind"], involved["name"], body["reason"], body["message"])
+            except AlreadyExists:
+                pass  # the same transition, posted before (a stale cache or an earlier run of the operator)
             except ApiError as error:
                 if not namespace_going_away(error, namespace):
                     logger.warning("%s/%s: Event %s not recorded: %s", namespace,
@@ -192,7 +205,7 @@ class PlanApplier:
         # 4. Events, in the background.
         for event in plan.of_type(Event):
             uid = uids.get(event.name) or trial_uid(event.name)
-            self.events.record(job.namespace, self._event_body(job, event, uid))
+            self.events.record(job.namespace, self.event_body(job, event, uid))
         return result
 
     async def _create_trial(self, job: JobRef, action: CreateTrial, uids: dict[str, str], result: ApplyResult) -> None:
@@ -273,7 +286,7 @@ class PlanApplier:
         except NotFound:
             pass
 
-    def _event_body(self, job: JobRef, action: Event, trial_uid: str | None) -> Json:
+    def event_body(self, job: JobRef, action: Event, trial_uid: str | None) -> Json:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         if action.kind == "Trial":
             involved = {"apiVersion": API_VERSION, "kind": "Trial", "name": action.name, "namespace": job.namespace}
@@ -282,10 +295,15 @@ class PlanApplier:
         else:
             involved = {"apiVersion": API_VERSION, "kind": "TuningJob", "name": job.name,
                         "namespace": job.namespace, "uid": job.uid}
+        metadata = {"namespace": job.namespace}
+        if action.key:
+            metadata["name"] = event_name(involved["name"], action.key)
+        else:
+            metadata["generateName"] = f"{involved['name']}."
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{involved['name']}.", "namespace": job.namespace},
+            "metadata": metadata,
             "involvedObject": involved,
             "reason": action.reason,
             "message": action.message[:1024],

@@ -93,6 +93,29 @@ def parse_curves(result: Iterable[dict[str, Any]]) -> dict[str, Curve]:
     return {trial: sorted(points.items()) for trial, points in curves.items()}
 
 
+def latest_value(result: Sequence[dict[str, Any]]) -> float | None:
+    """The one step-less series' value (the objective's latest value), or None when there is none.
+
+    Raises PrometheusError when several series come back: which one is the objective cannot be guessed."""
+    if len(result) > 1:
+        shown = ", ".join(str(series.get("metric", {})) for series in result[:3])
+        raise PrometheusError("PromQLAmbiguous", f"objective.promql returned {len(result)} series without a `step` "
+                                                 f"label ({shown}, ...); aggregate them to one, or label them by step")
+    return _value(result[0].get("value")) if result else None
+
+
+def parse_template_result(rows: Sequence[dict[str, Any]], trial: str) -> tuple[Curve | None, float | None]:
+    """A user query's answer for one trial: its curve (series with a `step` label) and its latest value
+    (the single series without one; else the value at the highest step)."""
+    stepped = [{**row, "metric": {**row.get("metric", {}), naming.PROM_LABEL_TRIAL: trial}}
+               for row in rows if "step" in row.get("metric", {})]
+    curve = parse_curves(stepped).get(trial)
+    latest = latest_value([row for row in rows if "step" not in row.get("metric", {})])
+    if latest is None and curve:
+        latest = curve[-1][1]
+    return curve, latest
+
+
 def parse_finals(result: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
     finals: dict[str, dict[str, float]] = {}
     for series in result:
@@ -150,21 +173,20 @@ async def observe_trials(
     if not trials:
         return Observations()
     if prometheus is None:
-        return Observations(problem=("PrometheusNotConfigured", "no Prometheus URL is configured"))
+        return Observations(problem=("PrometheusNotConfigured", "no Prometheus URL is configured"), asked=True)
     try:
+        finals = parse_finals(await prometheus.query(build_final_query(namespace, job, trials)))
         if template is None:
             curves = parse_curves(await prometheus.query(build_curve_query(namespace, job, trials, metric)))
         else:
             curves = {}
             for trial in trials:
                 rows = await prometheus.query(render_template(template, namespace, job, trial, metric))
-                labelled = [
-                    {**row, "metric": {**row.get("metric", {}), naming.PROM_LABEL_TRIAL: trial}} for row in rows
-                ]
-                curve = parse_curves(labelled).get(trial)
+                curve, latest = parse_template_result(rows, trial)
                 if curve:
                     curves[trial] = curve
-        finals = parse_finals(await prometheus.query(build_final_query(namespace, job, trials)))
+                if latest is not None:  # the user's query defines the objective
+                    finals.setdefault(trial, {})[metric] = latest
     except PrometheusError as error:
-        return Observations(problem=(error.reason, error.message))
-    return Observations(curves=curves, finals=finals)
+        return Observations(problem=(error.reason, error.message), asked=True)
+    return Observations(curves=curves, finals=finals, asked=True)

@@ -227,7 +227,7 @@ def _parse_entry(space: Space | None, sign: float, index: int, entry: object) ->
     loss: float | None = None
     if state == TrialPhase.SUCCEEDED and objective is not None:
         loss = sign * float(objective)
-    elif state == TrialPhase.EARLY_STOPPED:
+    elif state in (TrialPhase.EARLY_STOPPED, TrialPhase.CANCELLED):  # stopped part way: the curve so far
         finite = [value for _, value in curve if math.isfinite(value)]
         if finite:
             loss = finite[-1]
