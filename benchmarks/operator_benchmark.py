@@ -17,6 +17,11 @@ kubetune.handlers.main`), and measures from outside:
   cluster. Turnover is reported as a ratio over that floor.
 - API requests per trial: the operator's kubetune_api_requests_total (its own REST client; Kopf's
   three list+watch streams are not counted). Operator CPU seconds (utime+stime) and RSS from /proc.
+- `turnover --nodes agent,real`: the same runs on a cluster with the node agent and on one with a
+  real node (kubelet, containerd, runc: kubetune_dev/realnode.py), one after the other in one
+  invocation; trials there are containers of the node's busybox image. Pod start (creation seen ->
+  Running seen) is reported beside turnover, so the real node's start cost is known. The real
+  node takes 110 pods: keep jobs x parallelism under 100 when it is in the run.
 
 `scale` runs trials in the node agent's fast mode (pod annotation dev.kubetune.io/simulate-exit-code:
 no process is started; the container ends at once with that exit code and the termination
@@ -51,6 +56,7 @@ from kubetune_dev.agent import SIMULATE_ANNOTATION, SIMULATED_MESSAGE_ENV
 from kubetune_dev.cluster import ClusterInfo, DevCluster
 from kubetune_dev.kubeapi import JSON, ApiError, KubeApi
 from kubetune_dev.preflight import free_ports
+from kubetune_dev.realcluster import node_images
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -167,6 +173,11 @@ class PodClock:
         with self._lock:
             return sum(t.finished is not None for t in self.pods.values())
 
+    def starts(self) -> list[float]:
+        """Pod creation seen -> Running seen, for every pod seen running: what the node costs."""
+        with self._lock:
+            return [t.running - t.created for t in self.pods.values() if t.running is not None]
+
     def turnovers(self, parallelism: int) -> list[tuple[float, float]]:
         """(finish moment, turnover) for every finished pod whose freed slot was refilled."""
         groups: dict[str, list[PodTimes]] = {}
@@ -269,8 +280,9 @@ def operator_metrics(port: int) -> dict[str, Any]:
 # ============================================================================ the cluster
 
 
-def trial_container(seconds: float, simulate: bool) -> dict[str, Any]:
-    container: dict[str, Any] = {"name": "trial", "image": "busybox"}
+def trial_container(seconds: float, simulate: bool, image: str = "busybox") -> dict[str, Any]:
+    """`image` matters on the real node only (the node agent runs the command on the host)."""
+    container: dict[str, Any] = {"name": "trial", "image": image}
     if simulate:
         container["command"] = ["true"]  # never run: the agent's fast mode ends the container at once
         container["env"] = [{"name": SIMULATED_MESSAGE_ENV,
@@ -281,7 +293,7 @@ def trial_container(seconds: float, simulate: bool) -> dict[str, Any]:
 
 
 def job_manifest(name: str, trials: int, parallelism: int, seconds: float, simulate: bool, seed: int,
-                 extra_spec: dict[str, Any] | None = None) -> JSON:
+                 extra_spec: dict[str, Any] | None = None, image: str = "busybox") -> JSON:
     metadata: JSON = {"annotations": {SIMULATE_ANNOTATION: "0"}} if simulate else {}
     return {
         "apiVersion": "kubetune.io/v1alpha1",
@@ -293,7 +305,7 @@ def job_manifest(name: str, trials: int, parallelism: int, seconds: float, simul
             "algorithm": {"name": "random", "seed": seed},
             "budget": {"maxTrials": trials, "parallelism": parallelism, "maxFailedTrials": trials},
             "trialTemplate": {"template": {"metadata": metadata,
-                                           "spec": {"containers": [trial_container(seconds, simulate)]}}},
+                                           "spec": {"containers": [trial_container(seconds, simulate, image)]}}},
             **(extra_spec or {}),
         },
     }
@@ -306,6 +318,11 @@ class Bench:
     work: Path
     operator_env: dict[str, str] = field(default_factory=dict)
     operators: list[OperatorProcess] = field(default_factory=list)
+
+    @property
+    def trial_image(self) -> str:
+        """What trial containers run: the real node's busybox image (the node agent ignores images)."""
+        return node_images(self.info.bin_dir)["busybox"].name if self.info.node_kind == "real" else "busybox"
 
     def namespace(self, name: str) -> str:
         self.api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
@@ -354,9 +371,9 @@ class Bench:
 
 
 @contextlib.contextmanager
-def bench_cluster(max_pods: int, operator_env: list[str]) -> Iterator[Bench]:
+def bench_cluster(max_pods: int, operator_env: list[str], node_kind: str = "agent") -> Iterator[Bench]:
     with tempfile.TemporaryDirectory(prefix="kubetune-bench-") as work:
-        cluster = DevCluster(Path(work) / "cluster", owner_pid=os.getpid(),
+        cluster = DevCluster(Path(work) / "cluster", owner_pid=os.getpid(), node_kind=node_kind,
                              agent_args=("--max-pods", str(max_pods)), log=log)
         try:
             info = cluster.up()
@@ -390,7 +407,7 @@ def run_floor(bench: Bench, groups: int, parallelism: int, per_group: int, secon
     process = subprocess.Popen(
         [sys.executable, __file__, "floor-client", "--kubeconfig", str(bench.info.kubeconfig),
          "--namespace", namespace, "--groups", str(groups), "--parallelism", str(parallelism),
-         "--per-group", str(per_group), "--seconds", str(seconds)],
+         "--per-group", str(per_group), "--seconds", str(seconds), "--image", bench.trial_image],
     )
     sampler = Sampler(process.pid, 1.0).start()
     total = groups * per_group
@@ -405,7 +422,7 @@ def run_floor(bench: Bench, groups: int, parallelism: int, per_group: int, secon
     clock.stop()
     turnover = [t for _, t in clock.turnovers(parallelism)]
     return {"pods": total, "elapsed_s": round(elapsed, 1), "pods_per_s": round(total / elapsed, 2),
-            "turnover": summary(turnover), "cpu_s_per_pod": last["cpu_s"] / total,
+            "turnover": summary(turnover), "pod_start": summary(clock.starts()), "cpu_s_per_pod": last["cpu_s"] / total,
             "peak_running": clock.peak_running}
 
 
@@ -417,7 +434,7 @@ def floor_client(args: argparse.Namespace) -> int:
 
     def create(group: str) -> None:
         index = created[group] = created.get(group, 0) + 1
-        container = trial_container(args.seconds, simulate=False)
+        container = trial_container(args.seconds, simulate=False, image=args.image)
         container["command"][-1] = "0.5"  # the objective the trial prints
         pod: JSON = {"apiVersion": "v1", "kind": "Pod",
                      "metadata": {"name": f"{group}-{index}", "labels": {GROUP_LABEL: group}},
@@ -494,6 +511,7 @@ def run_jobs(bench: Bench, label: str, manifests: list[JSON], parallelism: int, 
         "elapsed_s": round(elapsed, 1),
         "trials_per_s": round(trials / elapsed, 2),
         "turnover": summary([t for _, t in pairs]),
+        "pod_start": summary(clock.starts()),
         "turnover_first_10pct": summary([t for _, t in pairs[:tenth]]),
         "turnover_last_10pct": summary([t for _, t in pairs[-tenth:]]),
         # p50 and p99 per tenth of the trials, in order: growth shows as a trend, not just two ends.
@@ -532,8 +550,19 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
 
 def turnover(args: argparse.Namespace) -> dict[str, Any]:
     variants = [parse_variant(v) for v in args.variant] or [("operator", {})]
-    results: dict[str, Any] = {"environment": environment(), "variants": dict(variants), "rounds": []}
-    with bench_cluster(1000, args.operator_env) as bench:
+    nodes = args.nodes.split(",")
+    if "real" in nodes and args.jobs * args.parallelism > 100:
+        raise SystemExit("the real node takes 110 pods: keep --jobs x --parallelism under 100")
+    results: dict[str, Any] = {"environment": environment(), "variants": dict(variants), "nodes": {}}
+    for node_kind in nodes:
+        log(f"{node_kind} node")
+        results["nodes"][node_kind] = {"rounds": turnover_rounds(args, variants, node_kind)}
+    return results
+
+
+def turnover_rounds(args: argparse.Namespace, variants: list[tuple[str, dict[str, str]]], node_kind: str) -> list[Any]:
+    rounds: list[Any] = []
+    with bench_cluster(1000, args.operator_env, node_kind) as bench:
         for number in range(args.rounds):
             # Floor and operators alternate, so all see the same (noisy) machine.
             log(f"round {number + 1}: floor client")
@@ -543,14 +572,14 @@ def turnover(args: argparse.Namespace) -> dict[str, Any]:
             for label, env in variants:
                 log(f"round {number + 1}: {label}, {args.jobs} jobs")
                 manifests = [job_manifest(f"turnover-{i}", args.trials_per_job, args.parallelism, args.seconds,
-                                          False, i) for i in range(args.jobs)]
+                                          False, i, image=bench.trial_image) for i in range(args.jobs)]
                 result = run_jobs(bench, label, manifests, args.parallelism, timeout=1800, env=env)
                 log(f"{label}: {json.dumps(result['turnover'])}")
                 result["ratio_over_floor"] = {q: result["turnover"][q] / floor["turnover"][q] for q in ("p50", "p99")
                                               if result["turnover"][q] and floor["turnover"][q]}
                 measured[label] = result
-            results["rounds"].append(measured)
-    return results
+            rounds.append(measured)
+    return rounds
 
 
 SPACE = [
@@ -638,22 +667,27 @@ def markdown(command: str, results: dict[str, Any]) -> str:
     lines = [f"`{env['command']}` - {env['date']}, {env['cpus']} CPUs ({env['machine']}), "
              f"load average {env['loadavg_at_start']:.1f} at start", ""]
     if command == "turnover":
-        lines += ["| round | controller | turnover p50 | p99 | p50 / floor | p99 / floor | <= 0.3 s | <= 1 s "
-                  "| trials/s | API req./trial | CPU s/trial | peak RSS | peak running |",
-                  "|" + " --- |" * 13]
-        for number, measured in enumerate(results["rounds"], 1):
-            for label, run in measured.items():
-                t, ratio = run["turnover"], run.get("ratio_over_floor", {})
-                is_floor = label == "floor"
-                lines.append(
-                    f"| {number} | {label} | {_ms(t['p50'])} | {_ms(t['p99'])} | "
-                    + (" 1 | 1 |" if is_floor else f" {ratio.get('p50', 0):.0f}x | {ratio.get('p99', 0):.0f}x |")
-                    + f" {_pct(t['within_0.3s'])} | {_pct(t['within_1s'])} | "
-                    + f"{run.get('trials_per_s', run.get('pods_per_s'))} | "
-                    + ("-" if is_floor else f"{run['api_requests_per_trial']:.1f}") + " | "
-                    + f"{run.get('operator_cpu_s_per_trial', run.get('cpu_s_per_pod', 0)):.4f} | "
-                    + ("-" if is_floor else f"{run['operator_peak_rss_mib']:.0f} MiB") + " | "
-                    + f"{run.get('peak_running_pods', run.get('peak_running'))} |")
+        lines += ["| node | round | controller | turnover p50 | p99 | p50 / floor | p99 / floor | <= 0.3 s | <= 1 s "
+                  "| pod start p50 | p99 | trials/s | API req./trial | CPU s/trial | peak RSS | peak running |",
+                  "|" + " --- |" * 16]
+        # Results from before `--nodes` hold one node agent's rounds.
+        by_node = results.get("nodes") or {"agent": {"rounds": results["rounds"]}}
+        rows = [(node, number, label, run) for node, found in by_node.items()
+                for number, measured in enumerate(found["rounds"], 1) for label, run in measured.items()]
+        for node, number, label, run in rows:
+            t, ratio = run["turnover"], run.get("ratio_over_floor", {})
+            start = run.get("pod_start") or {"p50": None, "p99": None}
+            is_floor = label == "floor"
+            lines.append(
+                f"| {node} | {number} | {label} | {_ms(t['p50'])} | {_ms(t['p99'])} | "
+                + (" 1 | 1 |" if is_floor else f" {ratio.get('p50', 0):.0f}x | {ratio.get('p99', 0):.0f}x |")
+                + f" {_pct(t['within_0.3s'])} | {_pct(t['within_1s'])} | "
+                + f"{_ms(start['p50'])} | {_ms(start['p99'])} | "
+                + f"{run.get('trials_per_s', run.get('pods_per_s'))} | "
+                + ("-" if is_floor else f"{run['api_requests_per_trial']:.1f}") + " | "
+                + f"{run.get('operator_cpu_s_per_trial', run.get('cpu_s_per_pod', 0)):.4f} | "
+                + ("-" if is_floor else f"{run['operator_peak_rss_mib']:.0f} MiB") + " | "
+                + f"{run.get('peak_running_pods', run.get('peak_running'))} |")
         return "\n".join(lines)
     if command == "plan":
         sizes = results["sizes"]
@@ -692,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--trials-per-job", type=int, default=40)
     one.add_argument("--seconds", type=float, default=2.0, help="how long each trial sleeps")
     one.add_argument("--rounds", type=int, default=1)
+    one.add_argument("--nodes", default="agent", help="node kinds measured one after the other: agent, real or "
+                     "agent,real (the real node's start cost beside the agent's)")
     one.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE,...",
                      help="operator configurations compared in the same run (default: one, as configured)")
     two = commands.add_parser("scale", help="issue 6: one huge job, then many jobs at once")
@@ -715,6 +751,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("--groups", "--parallelism", "--per-group"):
         floor.add_argument(name, type=int, required=True)
     floor.add_argument("--seconds", type=float, required=True)
+    floor.add_argument("--image", default="busybox")
     report = commands.add_parser("report", help="print the Markdown tables of a results file")
     report.add_argument("results", type=Path, help="benchmarks/out/operator_<command>.json")
     args = parser.parse_args(argv)
@@ -722,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
         return floor_client(args)
     if args.command == "report":
         results = json.loads(args.results.read_text())
-        kind = "turnover" if "rounds" in results else "plan" if "sizes" in results else "scale"
+        kind = "turnover" if "rounds" in results or "nodes" in results else "plan" if "sizes" in results else "scale"
         print(markdown(kind, results))
         return 0
     OUT.mkdir(exist_ok=True)
