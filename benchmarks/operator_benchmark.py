@@ -321,8 +321,9 @@ class Bench:
 
     @property
     def trial_image(self) -> str:
-        """What trial containers run: the real node's busybox image (the node agent ignores images)."""
-        return node_images(self.info.bin_dir)["busybox"].name if self.info.node_kind == "real" else "busybox"
+        """What trial containers run: the real node's non-root busybox image (the operator's pods run
+        as non-root by default; the node agent ignores images)."""
+        return node_images(self.info.bin_dir)["busybox-nonroot"].name if self.info.node_kind == "real" else "busybox"
 
     def namespace(self, name: str) -> str:
         self.api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
