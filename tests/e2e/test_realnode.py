@@ -468,3 +468,34 @@ def test_pods_that_cannot_start_say_why(real_cluster: ClusterInfo, real_kube: Ku
 
     condition = wait_for("too-big unschedulable", unschedulable, timeout=120)
     assert "Insufficient nvidia.com/gpu" in condition.message, condition.message
+
+
+def test_a_restarted_kubelet_keeps_running_containers_and_the_device_plugin_registers_again(
+    real_cluster_ctl: DevCluster, real_cluster: ClusterInfo, real_kube: Kube, real_namespace: str
+) -> None:
+    ns = real_namespace
+    real_kube.core.create_namespaced_pod(
+        ns, busybox_pod(real_cluster, "survivor", "echo up; exec sleep 3600", limits={"nvidia.com/gpu": "1"})
+    )
+    before = wait_phase(real_kube, ns, "survivor", "Running").status.container_statuses[0].container_id
+    plugin_log = real_cluster.layout.log_file("device-plugin")
+    registrations = plugin_log.read_text().count("registered")
+
+    # A starting kubelet wipes the device-plugin sockets; the plugin notices and registers again.
+    real_cluster_ctl.restart_component("kubelet")
+    wait_for(
+        "the device plugin registered with the new kubelet",
+        lambda: plugin_log.read_text().count("registered") > registrations,
+        timeout=120,
+    )
+
+    def gpus_back() -> bool:
+        node = real_kube.core.read_node(real_cluster.node_name)
+        ready = next(c for c in node.status.conditions if c.type == "Ready")
+        return ready.status == "True" and node.status.allocatable.get("nvidia.com/gpu") == "4"
+
+    wait_for("the node Ready with its 4 GPUs", gpus_back, timeout=120)
+    pod = real_kube.core.read_namespaced_pod("survivor", ns)
+    assert pod.status.phase == "Running"
+    assert pod.status.container_statuses[0].container_id == before  # the same container, never restarted
+    assert pod.status.container_statuses[0].restart_count == 0
