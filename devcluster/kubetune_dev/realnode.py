@@ -291,6 +291,14 @@ def build_containerd_config(
     return "\n".join(lines)
 
 
+def build_registry_hosts(address: str) -> tuple[str, str]:
+    """containerd's hosts.toml for a plain-HTTP registry on loopback (`host:port`): the directory name
+    under `certs.d` and the file. Inside the node, the node proxy carries `address` to the host's."""
+    server = f"http://{address}"
+    text = f'server = "{server}"\n\n[host."{server}"]\n  capabilities = ["pull", "resolve"]\n'
+    return address, text
+
+
 def build_cni_config(network: NodeNetwork, paths: NodePaths) -> dict[str, Any]:
     """Bridge + host-local on the cluster's pod /24, portmap for hostPort; containerd adds loopback."""
     return {

@@ -182,3 +182,11 @@ def test_node_certificates_name_the_node_for_the_node_authorizer() -> None:
     assert ExtendedKeyUsageOID.SERVER_AUTH in usages
     assert "kube-proxy" in pki.pairs() and "kubelet" in pki.pairs()
     assert build_cluster_pki(service_cluster_ip="10.0.0.1").node == {}
+
+
+def test_a_loopback_registry_is_pulled_from_over_plain_http() -> None:
+    directory, text = realnode.build_registry_hosts("127.0.0.1:40123")
+    assert directory == "127.0.0.1:40123"
+    hosts = tomllib.loads(text)
+    assert hosts["server"] == "http://127.0.0.1:40123"
+    assert hosts["host"]["http://127.0.0.1:40123"]["capabilities"] == ["pull", "resolve"]
