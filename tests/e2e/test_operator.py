@@ -6,7 +6,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -480,3 +480,39 @@ def test_two_operators_on_one_namespace_reconcile_each_job_once_and_say_so(
     created = Counter(e.message.split(":")[0] for e in cluster.events("contested") if e.reason == "TrialCreated")
     assert max(created.values()) == 1
     client.CoreV1Api(api).delete_namespace(namespace)
+
+
+def test_a_jobs_counts_follow_its_pods(tuning: tuple[Cluster, OperatorProcess]) -> None:
+    """Counters written in a burst are held back at most a second, then written from the pods of that moment:
+    running trials show as running, and a suspended job's finished trials as finished."""
+    cluster, operator = tuning
+    cluster.create_job({
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": "counted"},
+        "spec": {
+            "objective": {"metric": "score", "goal": "maximize"},
+            "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
+            "budget": {"maxTrials": 6, "parallelism": 3},
+            "trialTemplate": script_trial_template(SLOW_TRIAL_SCRIPT),
+        },
+    })
+
+    def running_pods() -> int:
+        return sum(p.status.phase == "Running" for p in cluster.pods("counted"))
+
+    def status_when(check: Callable[[dict[str, Any]], bool]) -> Callable[[], dict[str, Any] | None]:
+        def probe() -> dict[str, Any] | None:
+            status: dict[str, Any] = cluster.job("counted").get("status") or {}
+            return status if status and check(status) else None
+        return probe
+
+    wait_for("3 trial pods running", lambda: running_pods() == 3, timeout=120, interval=0.2)
+    status = wait_for("the job counting 3 running", status_when(lambda s: s["counts"]["running"] == 3), timeout=10,
+                      interval=0.2)
+    assert status["counts"]["created"] == 3
+    cluster.patch_job("counted", {"spec": {"suspend": True}})
+    wait_for("the running pods to finish", lambda: len([p for p in cluster.pods("counted")
+                                                         if p.status.phase == "Succeeded"]) == 3, timeout=120)
+    status = wait_for("the job counting them finished",
+                      status_when(lambda s: s["counts"]["running"] == 0 and s["progress"] == "3/6"),
+                      timeout=10, interval=0.2)
+    assert status["phase"] == "Suspended", (status, operator.log_tail())
