@@ -138,7 +138,8 @@ def test_cli_stop_prints_decisions(tmp_path: Path, capsys: pytest.CaptureFixture
         {**GOOD, "intermediate": [[1, 0.4], [2, 0.4]]},
         {"parameters": {"lr": 0.5, "kind": "b"}, "state": "Running", "intermediate": [[1, 0.9], [2, 0.9]]},
     ]
-    job = write(tmp_path, "job.json", SPEC)
+    # maxResource 3: step 2 is not the last one (by default that is the longest succeeded trial's, 2 here).
+    job = write(tmp_path, "job.json", {**SPEC, "earlyStopping": {**SPEC["earlyStopping"], "maxResource": 3}})
     assert main(["stop", "-f", job, "--history", write(tmp_path, "h.json", history)]) == 0
     assert json.loads(capsys.readouterr().out) == [
         {"index": 2, "rule": "median", "step": 2.0, "value": 0.9, "threshold": 0.45}

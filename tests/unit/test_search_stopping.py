@@ -176,3 +176,55 @@ def test_hyperband_runs_asha_within_each_bracket() -> None:
     keep = len(members) // 3
     assert [d.index for d in decisions] == members[keep:]
     assert all(d.rule == "hyperband" and d.step == 1.0 for d in decisions)
+
+
+# ---------------------------------------------------------------------------- the last step
+
+
+@pytest.mark.parametrize(
+    "early",
+    [
+        {"rule": "median", "minTrials": 5},
+        {"rule": "asha", "reductionFactor": 3},
+        {"rule": "hyperband", "reductionFactor": 3},
+    ],
+)
+def test_no_rule_stops_a_trial_at_or_past_max_resource(early: dict[str, Any]) -> None:
+    # A clear loser among leaders: stopped on its way, never once it reached maxResource (nothing left to save).
+    # (Trial 9 is in hyperband's bracket 1, whose rung is step 3.)
+    leaders = [trial("Running", [0.1 + 0.01 * i] * 9) for i in range(9)]
+    spec = make_spec(early.pop("rule"), minResource=1, maxResource=9, **early)
+    on_its_way = stop(spec, [*leaders, trial("Running", [0.9] * 3)])
+    assert on_its_way == [9]
+    assert stop(spec, [*leaders, trial("Running", [0.9] * 9)]) == []
+    assert stop(spec, [*leaders, trial("Running", [0.9] * 10)]) == []
+
+
+def test_median_without_max_resource_spares_a_trial_at_the_last_step_of_the_succeeded_ones() -> None:
+    # The user's case: 9-epoch trials, no maxResource; the loser reports epoch 9 and is done anyway.
+    finished = [trial("Succeeded", [0.5 + 0.01 * i] * 9, objective=0.5) for i in range(5)]
+    assert stop(make_spec("median", minTrials=5), [*finished, trial("Running", [0.9] * 8)]) == [5]
+    assert stop(make_spec("median", minTrials=5), [*finished, trial("Running", [0.9] * 9)]) == []
+    # Before any trial succeeded, the length of a full trial is unknown: the rule judges as usual.
+    running = [trial("Running", [0.5 + 0.01 * i] * 9) for i in range(5)]
+    assert 5 in stop(make_spec("median", minTrials=5), [*running, trial("Running", [0.9] * 9)])
+
+
+# ---------------------------------------------------------------------------- the registry
+
+
+def test_every_rule_of_the_api_has_a_decision_function_and_no_other() -> None:
+    from kubetune.api import EarlyStoppingRule
+    from kubetune.search._stopping import STOPPING_RULES
+
+    assert set(STOPPING_RULES) == set(EarlyStoppingRule)
+
+
+def test_a_rule_without_a_decision_function_is_an_error_not_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetune.api import EarlyStoppingRule
+    from kubetune.search import SearchError, _stopping
+
+    monkeypatch.delitem(_stopping.STOPPING_RULES, EarlyStoppingRule.MEDIAN)
+    history = [*peers(), trial("Running", [0.9, 0.9, 0.9])]
+    with pytest.raises(SearchError, match="'median' has no decision function"):
+        stop(make_spec("median", minTrials=5), history)

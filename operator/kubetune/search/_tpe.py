@@ -97,11 +97,10 @@ def _from_optuna(space: Space, params: dict[str, Any]) -> Assignment:
     return result
 
 
-def propose_tpe(ctx: Context, settings: TPESettings | None = None) -> Iterator[Assignment]:
+def propose_tpe(ctx: Context, settings: TPESettings) -> Iterator[Assignment]:
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    settings = settings or ctx.spec.algorithm.tpe or TPESettings()
     space = ctx.space
     distributions = {d.name: _distribution(d) for d in space.dimensions}
     with _quiet_and_fast():
