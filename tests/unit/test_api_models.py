@@ -78,6 +78,8 @@ def test_valid_spec_parses_with_defaults() -> None:
         ("objective.metric", "val accuracy", "objective.metric"),
         ("algorithm", {"name": "simulated-annealing"}, "algorithm.name"),
         ("earlyStopping", {"rule": "asha"}, "asha needs maxResource"),
+        ("earlyStopping", {"rule": "percentile"}, "percentile needs percentile"),
+        ("earlyStopping", {"rule": "percentile", "percentile": 101}, "earlyStopping.percentile"),
         ("algorithm", {"name": "auto", "tpe": {}}, "tpe settings need algorithm name tpe"),
         ("trialTemplate.primaryContainer", "sidecar", "primaryContainer 'sidecar' is not one of ['trainer']"),
         ("trialTemplate.template.spec.containers", [], "containers"),

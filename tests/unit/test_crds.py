@@ -102,3 +102,4 @@ def test_rules_that_need_a_field_are_checked_at_admission() -> None:
     assert checks["rules asha and hyperband need maxResource"] == (
         "!(self.rule in ['asha', 'hyperband']) || has(self.maxResource)"
     )
+    assert checks["rule percentile needs percentile"] == "!(self.rule in ['percentile']) || has(self.percentile)"

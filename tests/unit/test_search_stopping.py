@@ -185,6 +185,7 @@ def test_hyperband_runs_asha_within_each_bracket() -> None:
     "early",
     [
         {"rule": "median", "minTrials": 5},
+        {"rule": "percentile", "percentile": 25.0, "minTrials": 5},
         {"rule": "asha", "reductionFactor": 3},
         {"rule": "hyperband", "reductionFactor": 3},
     ],
@@ -208,6 +209,35 @@ def test_median_without_max_resource_spares_a_trial_at_the_last_step_of_the_succ
     # Before any trial succeeded, the length of a full trial is unknown: the rule judges as usual.
     running = [trial("Running", [0.5 + 0.01 * i] * 9) for i in range(5)]
     assert 5 in stop(make_spec("median", minTrials=5), [*running, trial("Running", [0.9] * 9)])
+
+
+# ---------------------------------------------------------------------------- percentile
+
+
+def test_percentile_keeps_the_best_fraction_and_50_is_median() -> None:
+    # Peers' running averages at step 3: 0.1, 0.2, ..., 0.8; the running trials sit between them.
+    peers_ = [trial("Succeeded", [0.1 * (i + 1)] * 10, objective=0.1 * (i + 1)) for i in range(8)]
+    runners = [trial("Running", [value] * 3) for value in (0.15, 0.3, 0.55, 0.75)]
+    history = [*peers_, *runners]
+    quarter = stop_decisions(make_spec("percentile", percentile=25.0, minTrials=5), history)
+    # Others of the 0.15 runner: 0.1..0.8 and the other runners; 25th percentile ~0.24: only it stays.
+    assert [d.index for d in quarter] == [9, 10, 11]
+    assert all(d.rule == "percentile" for d in quarter)
+    half = stop_decisions(make_spec("percentile", percentile=50.0, minTrials=5), history)
+    median = stop_decisions(make_spec("median", minTrials=5), history)
+    assert [(d.index, d.step, d.value, d.threshold) for d in half] == [
+        (d.index, d.step, d.value, d.threshold) for d in median
+    ]
+    assert stop(make_spec("percentile", percentile=100.0, minTrials=5), history) == []  # the bar is the worst
+
+
+def test_percentile_follows_the_goal() -> None:
+    # Maximising: the 0.2 runner is the loser; percentile 25 keeps the best quarter (the highest values).
+    peers_ = [trial("Succeeded", [0.1 * (i + 1)] * 10, objective=0.1 * (i + 1)) for i in range(8)]
+    history = [*peers_, trial("Running", [0.2] * 3), trial("Running", [0.85] * 3)]
+    decisions = stop_decisions(make_spec("percentile", goal="maximize", percentile=25.0, minTrials=5), history)
+    assert [(d.index, d.value) for d in decisions] == [(8, 0.2)]
+    assert decisions[0].threshold is not None and decisions[0].threshold > 0.6  # reported as a value, not a loss
 
 
 # ---------------------------------------------------------------------------- the registry

@@ -397,6 +397,12 @@ class EarlyStoppingRule(StrEnum):
         "median of the running averages up to s of the other trials that reached s (running, finished and "
         "stopped ones; at least minTrials of them)",
     )
+    PERCENTILE = (
+        "percentile",
+        "as median, with the given percentile of those running averages as the bar: percentile 25 keeps "
+        "trials within the best quarter, 50 is median",
+        ("percentile",),
+    )
     ASHA = (
         "asha",
         "asynchronous successive halving: rungs at minResource * reductionFactor^k below maxResource; a "
@@ -469,7 +475,15 @@ class EarlyStopping(KubeModel):
         default=5,
         ge=1,
         le=10000,
-        description="median: other trials that must have reached a step before a trial is compared there.",
+        description="median, percentile: other trials that must have reached a step before a trial is "
+        "compared there.",
+    )
+    percentile: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="percentile (required there): the percentile of the peers' running averages a trial's best "
+        "value must match or beat, 0 to 100; smaller stops more.",
     )
 
     @model_validator(mode="after")

@@ -24,6 +24,9 @@ median (Vizier's median stopping rule, as Katib's medianstop): a trial whose
     MedianPruner (completed trials only, value at exactly s), still-running
     trials that already passed s count too, so parallel trials can be compared
     before any finishes; `minTrials` keeps early calls conservative.
+percentile (as Optuna's PercentilePruner generalises its MedianPruner): median
+    with the `percentile`-th percentile of those running averages (linear
+    interpolation, smaller is better) as the bar; 50 is median.
 asha (asynchronous successive halving, stopping variant as Optuna's
     SuccessiveHalvingPruner): rungs at minResource * eta^k below maxResource.
     A trial is judged at the highest rung it has reached, by its value at the
@@ -49,6 +52,8 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from kubetune.api.models import EarlyStopDecision, EarlyStopping, EarlyStoppingRule, Goal, TrialPhase, TuningJobSpec
 from kubetune.search._errors import SearchError
@@ -121,6 +126,11 @@ def _below_bar(
 def _median(rule: EarlyStopping, trials: list[Observation], sign: float) -> list[StopDecision]:
     return _below_bar(rule, trials, sign, statistics.median)
 
+
+def _percentile(rule: EarlyStopping, trials: list[Observation], sign: float) -> list[StopDecision]:
+    percentile = rule.percentile
+    assert percentile is not None  # the model requires it for this rule
+    return _below_bar(rule, trials, sign, lambda averages: float(np.percentile(averages, percentile)))
 
 
 def _rungs(min_resource: float, max_resource: float, eta: int, first: int) -> list[float]:
@@ -202,6 +212,7 @@ Decide = Callable[[EarlyStopping, list[Observation], float], list[StopDecision]]
 STOPPING_RULES: dict[EarlyStoppingRule, Decide] = {
     EarlyStoppingRule.NONE: _never,
     EarlyStoppingRule.MEDIAN: _median,
+    EarlyStoppingRule.PERCENTILE: _percentile,
     EarlyStoppingRule.ASHA: _asha,
     EarlyStoppingRule.HYPERBAND: _hyperband,
 }
