@@ -149,7 +149,7 @@ def test_a_history_with_a_settled_part_gives_the_same_suggestions(algorithm: str
 
 
 def test_stopping_reads_a_settled_history_like_a_list() -> None:
-    spec = make_job(earlyStopping={"rule": "median", "minTrials": 3, "minResource": 1}).spec
+    spec = make_job(earlyStopping={"rule": "median", "minTrials": 3, "minResource": 1, "maxResource": 3}).spec
     past = entries(10, random.Random(2))
     running = {"parameters": {"lr": 0.01, "optimizer": "adam"}, "state": "Running",
                "intermediate": [[1, 0.0], [2, 0.0]]}
