@@ -385,22 +385,27 @@ open(os.environ["KUBETUNE_TERMINATION_MESSAGE_PATH"], "w").write(json.dumps(
 """
 
 
+def slow_job(name: str, max_trials: int, parallelism: int, **spec: Any) -> dict[str, Any]:
+    """A job of script trials that each take about 6 s and report `score` = x."""
+    return {
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": name},
+        "spec": {
+            "objective": {"metric": "score", "goal": "maximize"},
+            "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
+            "budget": {"maxTrials": max_trials, "parallelism": parallelism},
+            "trialTemplate": script_trial_template(SLOW_TRIAL_SCRIPT),
+            **spec,
+        },
+    }
+
+
 def test_metrics_available_tells_the_truth_through_a_prometheus_outage(
     tuning: tuple[Cluster, OperatorProcess], dev_cluster_ctl: DevCluster
 ) -> None:
     """False (with one Warning Event) while Prometheus is down, and still False when the job finishes meanwhile:
     a reconcile that asked Prometheus nothing never claims it reachable."""
     cluster, operator = tuning
-    cluster.create_job({
-        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": "outage"},
-        "spec": {
-            "objective": {"metric": "score", "goal": "maximize"},
-            "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
-            "earlyStopping": {"rule": "median"},
-            "budget": {"maxTrials": 4, "parallelism": 2},
-            "trialTemplate": script_trial_template(SLOW_TRIAL_SCRIPT),
-        },
-    })
+    cluster.create_job(slow_job("outage", 4, 2, earlyStopping={"rule": "median"}))
 
     def metrics_status(expected: str) -> bool:
         found = condition(cluster.job("outage"), "MetricsAvailable")
@@ -438,15 +443,7 @@ def test_two_operators_on_one_namespace_reconcile_each_job_once_and_say_so(
     try:
         for operator in operators.values():
             operator.start()
-        cluster.create_job({
-            "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": "contested"},
-            "spec": {
-                "objective": {"metric": "score", "goal": "maximize"},
-                "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
-                "budget": {"maxTrials": 12, "parallelism": 2},
-                "trialTemplate": script_trial_template(SLOW_TRIAL_SCRIPT),
-            },
-        })
+        cluster.create_job(slow_job("contested", 12, 2))
         leases = client.CoordinationV1Api(api)
 
         def holder() -> str | None:
@@ -486,15 +483,7 @@ def test_a_jobs_counts_follow_its_pods(tuning: tuple[Cluster, OperatorProcess]) 
     """Counters written in a burst are held back at most a second, then written from the pods of that moment:
     running trials show as running, and a suspended job's finished trials as finished."""
     cluster, operator = tuning
-    cluster.create_job({
-        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": "counted"},
-        "spec": {
-            "objective": {"metric": "score", "goal": "maximize"},
-            "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
-            "budget": {"maxTrials": 6, "parallelism": 3},
-            "trialTemplate": script_trial_template(SLOW_TRIAL_SCRIPT),
-        },
-    })
+    cluster.create_job(slow_job("counted", 6, 3))
 
     def running_pods() -> int:
         return sum(p.status.phase == "Running" for p in cluster.pods("counted"))

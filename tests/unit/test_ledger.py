@@ -62,7 +62,10 @@ def test_a_plan_from_the_ledger_equals_a_plan_from_every_trial(seed: int) -> Non
     for batch in (final[: len(final) // 2], final[len(final) // 2:]):
         for t in batch:
             ledger.add(t)
-        plan(job, active, pods, Observations(), NOW, ENGINE, ledger=ledger)
+        before = (len(ledger), len(ledger.history), [r.name for r in ledger.waiting()])
+        changes = plan(job, active, pods, Observations(), NOW, ENGINE, ledger=ledger).ledger_changes
+        assert (len(ledger), len(ledger.history), [r.name for r in ledger.waiting()]) == before  # read, not changed
+        ledger.settle_before(changes.settle_before)  # as the operator does after each plan
     incremental = plan(job, active, pods, Observations(), NOW, ENGINE, ledger=ledger)
 
     assert comparable(incremental) == comparable(whole)

@@ -39,7 +39,7 @@ from kubetune.api import (
 )
 from kubetune.controller import naming
 from kubetune.controller.conditions import find_condition, remove_condition, set_condition
-from kubetune.controller.ledger import FINAL_PHASES, Ledger, SettledTrial, beats, history_entry
+from kubetune.controller.ledger import FINAL_PHASES, Ledger, SettledTrial, beats, history_entry, settle
 from kubetune.controller.observe import PodView, TerminationReport
 from kubetune.controller.templates import build_trial, build_trial_pod, template_placeholders
 from kubetune.search import History, StopDecision
@@ -124,12 +124,21 @@ def transition_key(*parts: object) -> str:
 Action = CreateTrial | CreatePod | DeletePod | PatchTrialStatus | Event
 
 
+@dataclass(frozen=True)
+class LedgerChanges:
+    """What the caller folds into the job's ledger after a plan (a plan never changes its inputs)."""
+
+    add: tuple[Trial, ...] = ()  # final trials that came in the trial list, not through the ledger
+    settle_before: int | None = None  # final trials below this index (None: all) join the settled history
+
+
 @dataclass
 class Plan:
     actions: list[Action] = field(default_factory=list)
     status: TuningJobStatus | None = None  # None: no change
     requeue_after: float | None = None  # seconds; None: wait for events
     suggested: int = 0  # trials asked of the engine (for metrics)
+    ledger_changes: LedgerChanges = LedgerChanges()
 
     def of_type(self, kind: type[Any]) -> list[Any]:
         return [a for a in self.actions if isinstance(a, kind)]
@@ -215,6 +224,7 @@ def advance_trial(
     observations: Observations,
     now: datetime,
     settings: PlannerSettings = PlannerSettings(),
+    rejected: str | None = None,
 ) -> _TrialStep:
     """An active trial's next status from its pods, and the pod actions that go with it."""
     spec = job.spec
@@ -263,6 +273,10 @@ def advance_trial(
         else:
             fail(reason, message)
 
+    if rejected is not None:
+        # The API server refused the trial's pod for good (invalid, or forbidden by Pod Security): no retry helps.
+        fail("PodRejected", rejected)
+        return step
     if latest is None or latest.attempt < attempts:
         expected = naming.pod_name(name, attempts) if attempts else None
         if attempts == 0:
@@ -464,11 +478,13 @@ def plan(
     settings: PlannerSettings = PlannerSettings(),
     ledger: Ledger | None = None,
     other_operators: Sequence[str] = (),
+    rejected: Mapping[str, str] | None = None,
 ) -> Plan:
     """Everything the operator should do for `job` now.
 
     `ledger`: the job's final trials as kept between reconciles (the operator passes only active
-    trials besides it); final trials in `trials` are added to it. Without one, `trials` are all.
+    trials besides it); it is read, never changed: `Plan.ledger_changes` says what to fold into it. Without
+    one, `trials` are all. `rejected`: trials whose pod the API server refused for good, and why.
     `other_operators`: installations standing by for this job while this one reconciles it."""
     problem = validate_job(job)
     generation = job.metadata.generation
@@ -477,14 +493,13 @@ def plan(
 
     spec = job.spec
     job_id = job.metadata.uid or job.metadata.name
-    ledger = ledger if ledger is not None else Ledger()
-    active: list[Trial] = []
-    for t in trials:
-        if t.status.phase in FINAL_PHASES:
-            ledger.add(t)
-        elif t.metadata.name not in ledger:  # a final trial stays final (a stale copy may still be active)
-            active.append(t)
-    active.sort(key=_by_index)
+    base = ledger if ledger is not None else Ledger()
+    finals = tuple(t for t in trials if t.status.phase in FINAL_PHASES and t.metadata.name not in base)
+    # Final trials that came in the list: folded into a copy (never into the caller's ledger; rare, as the
+    # operator routes final Trials to the ledger as the watch delivers them).
+    ledger = Ledger([*base.trials.values(), *map(settle, finals)]) if finals else base
+    active = sorted((t for t in trials if t.status.phase not in FINAL_PHASES and t.metadata.name not in ledger),
+                    key=_by_index)  # a final trial stays final (a stale copy may still be active)
     pods_by_trial: dict[str, list[PodView]] = {}
     for pod in pods:
         pods_by_trial.setdefault(pod.trial, []).append(pod)
@@ -495,7 +510,7 @@ def plan(
     rechecks: list[float] = []
     for t in active:
         step = advance_trial(job, t, pods_by_trial.get(t.metadata.name, []), expected_pods, observations, now,
-                             settings)
+                             settings, (rejected or {}).get(t.metadata.name))
         statuses.append(step.status)
         result.actions.extend(step.actions)
         if step.recheck_after is not None:
@@ -506,7 +521,9 @@ def plan(
             if not pod.terminal and not pod.deleting:
                 result.actions.append(DeletePod(pod.name, f"trial {record.name} is {record.phase}"))
 
-    waiting = ledger.settle_before(active[0].spec.index if active else None)
+    first_active = active[0].spec.index if active else None
+    result.ledger_changes = LedgerChanges(finals if ledger is not base else (), first_active)
+    waiting = ledger.waiting()  # those below first_active join the settled history after this plan
 
     def build_history() -> tuple[History, dict[int, int]]:
         """The history in index order (settled part, then the rest) and each active trial's position."""
