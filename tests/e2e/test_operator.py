@@ -505,3 +505,40 @@ def test_a_jobs_counts_follow_its_pods(tuning: tuple[Cluster, OperatorProcess]) 
                       status_when(lambda s: s["counts"]["running"] == 0 and s["progress"] == "3/6"),
                       timeout=10, interval=0.2)
     assert status["phase"] == "Suspended", (status, operator.log_tail())
+
+
+@pytest.mark.parametrize("case", ["missing-secret", "too-many-gpus"])
+def test_trials_that_cannot_start_say_why_and_fail_after_the_timeout(
+    tuning: tuple[Cluster, OperatorProcess], case: str
+) -> None:
+    """A pod the kubelet cannot configure (a Secret that does not exist) or the scheduler cannot place (more GPUs
+    than the node has): the Trial and the job say why within a reconcile, then the trials fail with that reason
+    and the job ends; nothing waits silently. (Image pulls are proven on the real node.)"""
+    cluster, operator = tuning
+    container: dict[str, Any] = {}
+    if case == "missing-secret":
+        container["env"] = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "no-such-secret", "key": "t"}}}]
+        expected, timeouts = "CreateContainerConfigError", {"notStartingTimeoutSeconds": 15}
+    else:
+        container["resources"] = {"limits": {"nvidia.com/gpu": 8}}
+        expected, timeouts = "Unschedulable", {"unschedulableTimeoutSeconds": 15}
+    manifest = slow_job(case, 2, 2, budget={"maxTrials": 2, "parallelism": 2, "maxFailedTrials": 1})
+    manifest["spec"]["trialTemplate"]["template"]["spec"]["containers"][0].update(container)
+    manifest["spec"]["trialTemplate"].update(timeouts)
+    cluster.create_job(manifest)
+
+    def shown() -> dict[str, Any] | None:
+        found = condition(cluster.job(case), "TrialsNotStarting")
+        return found if found and found["status"] == "True" else None
+
+    shown_condition = wait_for("the job's TrialsNotStarting condition", shown, timeout=60)
+    assert shown_condition["reason"] == expected
+    assert "no-such-secret" in shown_condition["message"] or "nvidia.com/gpu" in shown_condition["message"]
+    stuck = [t for t in cluster.trials(case) if t["status"].get("reason") == expected]
+    assert stuck and stuck[0]["status"]["phase"] == "Pending"
+    job = cluster.wait_finished(case, timeout=120)
+    assert job["status"]["phase"] == "Failed" and condition(job, "Failed")["reason"] == "TooManyFailedTrials"
+    assert all(t["status"]["phase"] == "Failed" and t["status"]["reason"] == expected for t in cluster.trials(case))
+    assert not [p for p in cluster.pods(case) if p.status.phase == "Pending" and not p.metadata.deletion_timestamp]
+    reasons = [e.reason for t in cluster.trials(case) for e in cluster.events(t["metadata"]["name"])]
+    assert "TrialNotStarting" in reasons, (reasons, operator.log_tail())

@@ -621,6 +621,26 @@ class TrialTemplate(KubeModel):
     active_deadline_seconds: int | None = Field(
         default=None, ge=1, description="Deadline of each trial's pod (default: none)."
     )
+    not_starting_timeout_seconds: int | None = Field(
+        default=300,
+        ge=1,
+        description=(
+            "A trial whose pod Kubernetes cannot start (ImagePullBackOff, ErrImagePull, InvalidImageName, "
+            "CreateContainerConfigError, CreateContainerError, RunContainerError) fails with that reason once "
+            "its pod is this old, instead of waiting forever; null waits (the reason stays in the Trial's status "
+            "and the job's TrialsNotStarting condition either way). Not retried: a wrong image or a missing "
+            "Secret stays wrong."
+        ),
+    )
+    unschedulable_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Like notStartingTimeoutSeconds for a pod the scheduler cannot place (Unschedulable: not enough GPUs, "
+            "a taint, a quota). Unset by default: trials queued behind each other for GPUs are normal, and they "
+            "show as Unschedulable meanwhile."
+        ),
+    )
     metrics_port: int = Field(default=8000, ge=1, le=65535, description="Port the trial serves metrics on.")
     metrics_path: str = Field(default="/metrics", max_length=253, pattern=r"^/", description="Metrics HTTP path.")
     template: PodTemplate = Field(description="The trial pod template (core/v1 PodTemplateSpec).")

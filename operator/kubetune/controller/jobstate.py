@@ -42,6 +42,7 @@ class JobState:
     status_written: float | None = None
     deleted_finished: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)  # name -> (until, body)
     rejected: dict[str, str] = field(default_factory=dict)  # trial -> why the API server refused its pod
+    not_starting_reasons: set[str] = field(default_factory=set)  # of the last plan, for the operator's gauge
 
     def fold(self) -> Ledger:
         """The ledger with the Trials the watch showed final or deleted since the last reconcile."""

@@ -40,7 +40,7 @@ from kubetune.api import (
 from kubetune.controller import naming
 from kubetune.controller.conditions import find_condition, remove_condition, set_condition
 from kubetune.controller.ledger import FINAL_PHASES, Ledger, SettledTrial, beats, history_entry, settle
-from kubetune.controller.observe import PodView, TerminationReport
+from kubetune.controller.observe import NOT_STARTING_REASONS, UNSCHEDULABLE, PodView, TerminationReport
 from kubetune.controller.templates import build_trial, build_trial_pod, template_placeholders
 from kubetune.search import History, StopDecision
 
@@ -138,6 +138,7 @@ class Plan:
     status: TuningJobStatus | None = None  # None: no change
     requeue_after: float | None = None  # seconds; None: wait for events
     suggested: int = 0  # trials asked of the engine (for metrics)
+    not_starting: Counter[str] = field(default_factory=Counter)  # active trials whose pod cannot start, by reason
     ledger_changes: LedgerChanges = LedgerChanges()
 
     def of_type(self, kind: type[Any]) -> list[Any]:
@@ -341,11 +342,44 @@ def advance_trial(
             message += f": {_short(pod.message, 1024)}"
         attempt_failed(detail if detail != "Error" else "Error", message)
         return step
+    if pod.phase == "Pending" and pod.not_starting is not None and not pod.deleting:
+        _not_starting(job, trial, pod, pod.not_starting, status, step, now)
+        return step
+    if status.reason in NOT_STARTING_REASONS or status.reason == UNSCHEDULABLE:
+        status.reason = status.message = None  # it started after all
     if pod.phase == "Running" and not pod.deleting:
         if status.phase != TrialPhase.RUNNING:
             status.phase = TrialPhase.RUNNING
             status.start_time = status.start_time or pod.started_at or _iso(now)
     return step
+
+
+def _not_starting(job: TuningJob, trial: Trial, pod: PodView, why: tuple[str, str], status: TrialStatus,
+                  step: _TrialStep, now: datetime) -> None:
+    """A trial whose pod Kubernetes cannot start says why, and fails with that reason once the pod is older
+    than the template's timeout for it (not retried: a wrong image or a missing Secret stays wrong)."""
+    template = job.spec.trial_template
+    reason, message = why
+    timeout = (template.unschedulable_timeout_seconds if reason == UNSCHEDULABLE
+               else template.not_starting_timeout_seconds)
+    created = _parse_time(pod.created_at) or now
+    age = (now - created).total_seconds()
+    name, trial_id = trial.metadata.name, trial.metadata.uid or trial.metadata.name
+    if timeout is not None and age >= timeout:
+        status.phase = TrialPhase.FAILED
+        status.reason = reason
+        status.message = _short(f"pod {pod.name} could not start in {timeout}s: {message}", 2048)
+        status.completion_time = _iso(now)
+        step.actions.append(DeletePod(pod.name, f"trial {name}: {reason}"))
+        step.actions.append(Event("Trial", name, "Warning", "TrialFailed", f"{reason}: {_short(status.message)}",
+                                  transition_key(trial_id, "TrialFailed")))
+        return
+    if status.reason != reason:
+        step.actions.append(Event("Trial", name, "Warning", "TrialNotStarting", _short(f"{reason}: {message}"),
+                                  transition_key(trial_id, "TrialNotStarting", reason, status.attempts)))
+    status.reason, status.message = reason, _short(message, 2048)
+    if timeout is not None:
+        step.recheck_after = max(1.0, timeout - age)
 
 
 # --------------------------------------------------------------------------- the job
@@ -593,7 +627,10 @@ def plan(
         if status.to_wire() != trial.status.to_wire():
             result.actions.append(PatchTrialStatus(trial.metadata.name, status.to_wire()))
 
-    result.status = _job_status(job, counts, best, finished, observations, start, now, other_operators)
+    result.not_starting = Counter(s.reason for s in statuses if s.phase == TrialPhase.PENDING and s.reason
+                                  and (s.reason in NOT_STARTING_REASONS or s.reason == UNSCHEDULABLE))
+    result.status = _job_status(job, counts, best, finished, observations, start, now, active, statuses,
+                                other_operators)
     result.actions.extend(_condition_events(job, result.status, job_id))
     if result.status.to_wire() == job.status.to_wire():
         result.status = None
@@ -677,6 +714,8 @@ def _job_status(
     observations: Observations,
     start: datetime,
     now: datetime,
+    active_trials: Sequence[Trial] = (),
+    statuses: Sequence[TrialStatus] = (),
     other_operators: Sequence[str] = (),
 ) -> TuningJobStatus:
     spec = job.spec
@@ -718,6 +757,17 @@ def _job_status(
             conditions = set_condition(conditions, "MetricsAvailable", ConditionStatus.FALSE, reason,
                                        message + "; early stopping is paused, final results still come from pods",
                                        stamp, generation)
+    stuck = [(t, s) for t, s in zip(active_trials, statuses, strict=True) if s.phase == TrialPhase.PENDING
+             and (s.reason in NOT_STARTING_REASONS or s.reason == UNSCHEDULABLE)]
+    if stuck:
+        first, first_status = stuck[0]
+        conditions = set_condition(
+            conditions, "TrialsNotStarting", ConditionStatus.TRUE, first_status.reason or UNSCHEDULABLE,
+            _short(f"{len(stuck)} trial(s) cannot start; {first.metadata.name}: {first_status.reason}: "
+                   f"{first_status.message}", 4096), stamp, generation)
+    elif find_condition(conditions, "TrialsNotStarting") is not None:
+        conditions = set_condition(conditions, "TrialsNotStarting", ConditionStatus.FALSE, "TrialsStarting",
+                                   "every trial pod could start", stamp, generation)
     if other_operators:
         others = ", ".join(other_operators)
         conditions = set_condition(
@@ -751,6 +801,7 @@ class _Announced:
 _ANNOUNCED_CONDITIONS = (
     _Announced("MetricsAvailable", ConditionStatus.TRUE, "MetricsAvailable", "MetricsUnavailable"),
     _Announced("DuplicateOperator", ConditionStatus.FALSE, "DuplicateOperatorGone", "DuplicateOperator"),
+    _Announced("TrialsNotStarting", ConditionStatus.FALSE, "TrialsStarting", "TrialsNotStarting"),
 )
 
 

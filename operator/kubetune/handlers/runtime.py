@@ -410,6 +410,9 @@ class Controller:
                 if new in FINAL_PHASES and old not in FINAL_PHASES:
                     self.metrics.trials_finished.labels(namespace, name, new).inc()
         status = result.status or job.status
+        for reason in set(result.not_starting) | state.not_starting_reasons:
+            self.metrics.trials_not_starting.labels(namespace, name, reason).set(result.not_starting[reason])
+        state.not_starting_reasons = set(result.not_starting)
         self.metrics.trials_running.labels(namespace, name).set(status.counts.running)
         self.metrics.trials_pending.labels(namespace, name).set(status.counts.pending)
         if status.best_trial is not None:
@@ -423,7 +426,9 @@ class Controller:
     def _forget(self, key: Key) -> None:
         namespace, name = key
         self.queue.forget(key)
-        self._states.pop(key, None)
+        state = self._states.pop(key, None)
+        for reason in state.not_starting_reasons if state is not None else ():
+            self.metrics.trials_not_starting.remove(namespace, name, reason)
         self.leases.forget(key)
         for gauge in (self.metrics.trials_running, self.metrics.trials_pending, self.metrics.best_objective):
             try:
