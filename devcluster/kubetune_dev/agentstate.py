@@ -162,6 +162,10 @@ class PodRecord:
         if self.terminal:
             return self.phase
         states = [c.state for c in self.containers]
+        # As the kubelet's getPhase: a container that has never run (waiting, no earlier termination) keeps the
+        # pod Pending, whatever the others do; one waiting to restart counts as stopped.
+        if not self.terminating and any(c.state == "waiting" and c.last_terminated is None for c in self.containers):
+            return "Pending"
         if "running" in states:
             return "Running"
         started = "Running" if self.start_time else "Pending"

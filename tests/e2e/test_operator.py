@@ -6,7 +6,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -385,22 +385,27 @@ open(os.environ["KUBETUNE_TERMINATION_MESSAGE_PATH"], "w").write(json.dumps(
 """
 
 
+def slow_job(name: str, max_trials: int, parallelism: int, **spec: Any) -> dict[str, Any]:
+    """A job of script trials that each take about 6 s and report `score` = x."""
+    return {
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": name},
+        "spec": {
+            "objective": {"metric": "score", "goal": "maximize"},
+            "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
+            "budget": {"maxTrials": max_trials, "parallelism": parallelism},
+            "trialTemplate": script_trial_template(SLOW_TRIAL_SCRIPT),
+            **spec,
+        },
+    }
+
+
 def test_metrics_available_tells_the_truth_through_a_prometheus_outage(
     tuning: tuple[Cluster, OperatorProcess], dev_cluster_ctl: DevCluster
 ) -> None:
     """False (with one Warning Event) while Prometheus is down, and still False when the job finishes meanwhile:
     a reconcile that asked Prometheus nothing never claims it reachable."""
     cluster, operator = tuning
-    cluster.create_job({
-        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": "outage"},
-        "spec": {
-            "objective": {"metric": "score", "goal": "maximize"},
-            "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
-            "earlyStopping": {"rule": "median"},
-            "budget": {"maxTrials": 4, "parallelism": 2},
-            "trialTemplate": script_trial_template(SLOW_TRIAL_SCRIPT),
-        },
-    })
+    cluster.create_job(slow_job("outage", 4, 2, earlyStopping={"rule": "median"}))
 
     def metrics_status(expected: str) -> bool:
         found = condition(cluster.job("outage"), "MetricsAvailable")
@@ -438,15 +443,7 @@ def test_two_operators_on_one_namespace_reconcile_each_job_once_and_say_so(
     try:
         for operator in operators.values():
             operator.start()
-        cluster.create_job({
-            "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": "contested"},
-            "spec": {
-                "objective": {"metric": "score", "goal": "maximize"},
-                "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
-                "budget": {"maxTrials": 12, "parallelism": 2},
-                "trialTemplate": script_trial_template(SLOW_TRIAL_SCRIPT),
-            },
-        })
+        cluster.create_job(slow_job("contested", 12, 2))
         leases = client.CoordinationV1Api(api)
 
         def holder() -> str | None:
@@ -480,3 +477,68 @@ def test_two_operators_on_one_namespace_reconcile_each_job_once_and_say_so(
     created = Counter(e.message.split(":")[0] for e in cluster.events("contested") if e.reason == "TrialCreated")
     assert max(created.values()) == 1
     client.CoreV1Api(api).delete_namespace(namespace)
+
+
+def test_a_jobs_counts_follow_its_pods(tuning: tuple[Cluster, OperatorProcess]) -> None:
+    """Counters written in a burst are held back at most a second, then written from the pods of that moment:
+    running trials show as running, and a suspended job's finished trials as finished."""
+    cluster, operator = tuning
+    cluster.create_job(slow_job("counted", 6, 3))
+
+    def running_pods() -> int:
+        return sum(p.status.phase == "Running" for p in cluster.pods("counted"))
+
+    def status_when(check: Callable[[dict[str, Any]], bool]) -> Callable[[], dict[str, Any] | None]:
+        def probe() -> dict[str, Any] | None:
+            status: dict[str, Any] = cluster.job("counted").get("status") or {}
+            return status if status and check(status) else None
+        return probe
+
+    wait_for("3 trial pods running", lambda: running_pods() == 3, timeout=120, interval=0.2)
+    status = wait_for("the job counting 3 running", status_when(lambda s: s["counts"]["running"] == 3), timeout=10,
+                      interval=0.2)
+    assert status["counts"]["created"] == 3
+    cluster.patch_job("counted", {"spec": {"suspend": True}})
+    wait_for("the running pods to finish", lambda: len([p for p in cluster.pods("counted")
+                                                         if p.status.phase == "Succeeded"]) == 3, timeout=120)
+    status = wait_for("the job counting them finished",
+                      status_when(lambda s: s["counts"]["running"] == 0 and s["progress"] == "3/6"),
+                      timeout=10, interval=0.2)
+    assert status["phase"] == "Suspended", (status, operator.log_tail())
+
+
+@pytest.mark.parametrize("case", ["missing-secret", "too-many-gpus"])
+def test_trials_that_cannot_start_say_why_and_fail_after_the_timeout(
+    tuning: tuple[Cluster, OperatorProcess], case: str
+) -> None:
+    """A pod the kubelet cannot configure (a Secret that does not exist) or the scheduler cannot place (more GPUs
+    than the node has): the Trial and the job say why within a reconcile, then the trials fail with that reason
+    and the job ends; nothing waits silently. (Image pulls are proven on the real node.)"""
+    cluster, operator = tuning
+    container: dict[str, Any] = {}
+    if case == "missing-secret":
+        container["env"] = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "no-such-secret", "key": "t"}}}]
+        expected, timeouts = "CreateContainerConfigError", {"notStartingTimeoutSeconds": 15}
+    else:
+        container["resources"] = {"limits": {"nvidia.com/gpu": 8}}
+        expected, timeouts = "Unschedulable", {"unschedulableTimeoutSeconds": 15}
+    manifest = slow_job(case, 2, 2, budget={"maxTrials": 2, "parallelism": 2, "maxFailedTrials": 1})
+    manifest["spec"]["trialTemplate"]["template"]["spec"]["containers"][0].update(container)
+    manifest["spec"]["trialTemplate"].update(timeouts)
+    cluster.create_job(manifest)
+
+    def shown() -> dict[str, Any] | None:
+        found = condition(cluster.job(case), "TrialsNotStarting")
+        return found if found and found["status"] == "True" else None
+
+    shown_condition = wait_for("the job's TrialsNotStarting condition", shown, timeout=60)
+    assert shown_condition["reason"] == expected
+    assert "no-such-secret" in shown_condition["message"] or "nvidia.com/gpu" in shown_condition["message"]
+    stuck = [t for t in cluster.trials(case) if t["status"].get("reason") == expected]
+    assert stuck and stuck[0]["status"]["phase"] == "Pending"
+    job = cluster.wait_finished(case, timeout=120)
+    assert job["status"]["phase"] == "Failed" and condition(job, "Failed")["reason"] == "TooManyFailedTrials"
+    assert all(t["status"]["phase"] == "Failed" and t["status"]["reason"] == expected for t in cluster.trials(case))
+    assert not [p for p in cluster.pods(case) if p.status.phase == "Pending" and not p.metadata.deletion_timestamp]
+    reasons = [e.reason for t in cluster.trials(case) for e in cluster.events(t["metadata"]["name"])]
+    assert "TrialNotStarting" in reasons, (reasons, operator.log_tail())

@@ -78,6 +78,9 @@ def test_valid_spec_parses_with_defaults() -> None:
         ("objective.metric", "val accuracy", "objective.metric"),
         ("algorithm", {"name": "simulated-annealing"}, "algorithm.name"),
         ("earlyStopping", {"rule": "asha"}, "asha needs maxResource"),
+        ("earlyStopping", {"rule": "percentile"}, "percentile needs percentile"),
+        ("earlyStopping", {"rule": "percentile", "percentile": 101}, "earlyStopping.percentile"),
+        ("algorithm", {"name": "auto", "tpe": {}}, "tpe settings need algorithm name tpe"),
         ("trialTemplate.primaryContainer", "sidecar", "primaryContainer 'sidecar' is not one of ['trainer']"),
         ("trialTemplate.template.spec.containers", [], "containers"),
         ("trialTemplate.metricsPort", 70000, "trialTemplate.metricsPort"),
@@ -129,3 +132,16 @@ def test_every_example_is_a_valid_tuningjob() -> None:
     for path in examples:
         job = TuningJob.model_validate(yaml.safe_load(path.read_text()))
         assert job.metadata.name == path.stem
+
+
+def test_every_algorithm_with_settings_has_its_settings_field() -> None:
+    from kubetune.api import Algorithm, AlgorithmName
+
+    for name in AlgorithmName:
+        if name.settings_model is None:
+            assert name.value not in Algorithm.model_fields
+            continue
+        field = Algorithm.model_fields[name.value]
+        assert field.annotation == name.settings_model | None, f"algorithm.{name} must hold {name.settings_model}"
+        chosen = Algorithm.model_validate({"name": name.value})
+        assert chosen.settings() == name.settings_model()

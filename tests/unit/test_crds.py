@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,43 @@ def test_tuningjob_crd_shape() -> None:
 def test_crd_yaml_round_trips() -> None:
     for name, text in render_crds().items():
         assert yaml.safe_load(text) == build_crds()[name]
+
+
+def spec_schema() -> dict[str, Any]:
+    crd = build_crds()["kubetune.io_tuningjobs.yaml"]
+    spec: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return spec
+
+
+def test_kubectl_explain_states_every_spec_default() -> None:
+    # kubectl explain shows descriptions only: a field with a default must say it there.
+    defaults = [(path, node) for path, node in walk(spec_schema()) if "default" in node]
+    assert len(defaults) > 20
+    for path, node in defaults:
+        shown = node["default"] if isinstance(node["default"], str) else json.dumps(node["default"])
+        assert f"Default: {shown}." in node.get("description", ""), f"spec{path} does not state its default"
+
+
+def test_kubectl_explain_says_how_each_rule_and_algorithm_decides() -> None:
+    from kubetune.api import AlgorithmName, EarlyStoppingRule
+
+    early = spec_schema()["properties"]["earlyStopping"]
+    assert early["properties"]["rule"]["enum"] == [rule.value for rule in EarlyStoppingRule]
+    described = early["properties"]["rule"]["description"]
+    for rule in EarlyStoppingRule:
+        assert f"{rule.value}: {rule.decides}." in " ".join(described.split())
+    assert "median of the running averages" in described and "1/reductionFactor" in described
+    assert "never stopped" in early["properties"]["maxResource"]["description"]
+    name = spec_schema()["properties"]["algorithm"]["properties"]["name"]
+    assert name["enum"] == [a.value for a in AlgorithmName]
+    for algorithm in AlgorithmName:
+        assert f"{algorithm.value}: {algorithm.summary}." in name["description"]
+
+
+def test_rules_that_need_a_field_are_checked_at_admission() -> None:
+    early = spec_schema()["properties"]["earlyStopping"]
+    checks = {rule["message"]: rule["rule"] for rule in early["x-kubernetes-validations"]}
+    assert checks["rules asha and hyperband need maxResource"] == (
+        "!(self.rule in ['asha', 'hyperband']) || has(self.maxResource)"
+    )
+    assert checks["rule percentile needs percentile"] == "!(self.rule in ['percentile']) || has(self.percentile)"

@@ -1,5 +1,5 @@
-"""What the fault suite (tests/e2e/test_faults.py) relies on, at unit level: finished pods deleted
-before a reconcile read them, and job status writes that never drop another writer's update."""
+"""What the fault suite (tests/e2e/test_faults.py) relies on, at unit level: job status writes that never drop
+another writer's update, Events that never hold a reconcile up nor repeat, pods missing from the watch."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from kubetune.controller.planner import CreateTrial, Event, Plan
 from kubetune.handlers.config import OperatorConfig
 from kubetune.handlers.runtime import Controller
 from kubetune.k8s.apply import JobRef, PlanApplier, event_name
-from kubetune.k8s.client import AlreadyExists, ApiError, Conflict, Credentials, KubeClient, NotFound
+from kubetune.k8s.client import AlreadyExists, ApiError, Conflict, NotFound
 
 KEY = ("ml", "digits")
 
@@ -22,25 +22,6 @@ KEY = ("ml", "digits")
 def slim_pod(name: str, phase: str) -> dict[str, Any]:
     return {"metadata": {"name": name, "labels": {"kubetune.io/job": "digits", "kubetune.io/trial": "digits-0"}},
             "status": {"phase": phase, "containerStatuses": []}}
-
-
-def test_finished_pods_deleted_before_a_reconcile_stand_in_until_seen_again() -> None:
-    controller = Controller(OperatorConfig(), KubeClient(Credentials("https://127.0.0.1:1", None, None, None, True,
-                                                                     None, None)))
-    succeeded = slim_pod("digits-0-1", "Succeeded")
-    waiting = {"digits-0"}  # the trial whose result the pod carries is still active
-    controller.pod_event(KEY, "digits-0-1", "Succeeded", deleted=True, body=succeeded)
-    # Deleted while running: no result to keep; the planner takes the attempt for lost.
-    controller.pod_event(KEY, "digits-1-1", "Running", deleted=True, body=slim_pod("digits-1-1", "Running"))
-    assert controller._deleted_pods(KEY, set(), waiting) == [succeeded]
-    assert controller._deleted_pods(("ml", "other"), set(), waiting) == []
-    # The watch shows the pod again (same name): the live object wins, the copy is dropped.
-    assert controller._deleted_pods(KEY, {"digits-0-1"}, waiting) == []
-    assert controller._deleted_pods(KEY, set(), waiting) == []
-    # Once its trial's result is recorded (a pod the operator pruned itself), the copy is not kept.
-    controller.pod_event(KEY, "digits-0-1", "Succeeded", deleted=True, body=succeeded)
-    assert controller._deleted_pods(KEY, set(), set()) == []
-    assert controller._deleted_pods(KEY, set(), waiting) == []
 
 
 class StatusClient:
@@ -139,7 +120,7 @@ def test_a_pod_missing_from_the_watch_is_lost_only_if_the_api_server_agrees() ->
     client.gets.clear()
     assert asyncio.run(controller._behind_the_watch(KEY, active, present=set())) == frozenset()
     assert client.gets == ["digits-1-1"]
-    assert controller._expected_pods(KEY, set()) == {"digits-0-1"}
+    assert controller.state(KEY).expected(set(), time.monotonic()) == {"digits-0-1"}
     # Pods the watch shows are never asked for.
     client.gets.clear()
     asyncio.run(controller._behind_the_watch(KEY, active, present={"digits-0-1", "digits-1-1"}))
@@ -195,83 +176,6 @@ def test_events_are_posted_in_the_background_and_a_refused_one_is_no_reconcile_e
     result, before, posted = asyncio.run(scenario())
     assert result.errors == [] and before == []
     assert posted.count("refused") == 1 and len(set(posted) - {"refused"}) == 2  # the others all posted
-
-
-def test_a_status_change_of_counters_only_is_written_at_most_once_a_second() -> None:
-    def status(running: int, finished: int, **extra: Any) -> TuningJobStatus:
-        return TuningJobStatus.model_validate({
-            "phase": "Running", "progress": f"{finished}/12", "counts": {"running": running, "succeeded": finished},
-            "conditions": [{"type": "Running", "status": "True", "reason": "TrialsActive",
-                            "message": f"{running} trial(s) active, {finished} finished",
-                            "lastTransitionTime": "2026-11-29T00:00:00Z"}], **extra})
-
-    async def scenario() -> list[bool]:
-        controller = Controller(OperatorConfig(), PodsClient(set()))  # type: ignore[arg-type]
-        written = []
-        best = {"bestTrial": {"name": "digits-1", "index": 1, "objective": 0.9, "parameters": {}}}
-        old = status(3, 0).to_wire()
-        for new in (status(3, 1), status(3, 2), status(3, 2, **best), status(3, 3, **best)):
-            plan = Plan(status=new)
-            controller._defer_counters(KEY, old, plan)
-            written.append(plan.status is not None)
-            if plan.status is not None:
-                controller._status_written[KEY] = time.monotonic()
-            old = new.to_wire() if plan.status is not None else old
-        held = KEY in controller._timers  # a reconcile is due when the interval is over
-        controller._timers[KEY].cancel()
-        return [*written, held]
-
-    # The first write goes out; counters alone within the second wait (and a reconcile is set for
-    # the end of it); a new best trial goes out at once; counters right after wait again.
-    assert asyncio.run(scenario()) == [True, False, True, False, True]
-
-
-def test_final_trials_reach_the_ledger_at_the_next_reconcile_and_deleted_ones_leave_it() -> None:
-    controller = Controller(OperatorConfig(), KubeClient(Credentials("https://127.0.0.1:1", None, None, None, True,
-                                                                     None, None)))
-
-    def final(index: int, phase: str, **status: Any) -> Trial:
-        return Trial.model_validate({"metadata": {"name": f"digits-{index}"},
-                                     "spec": {"index": index, "parameters": {"lr": 0.1}},
-                                     "status": {"phase": phase, "attempts": 1, **status}})
-
-    succeeded, failed = final(1, "Succeeded", objective=0.9), final(0, "Failed", reason="Error", message="boom")
-    for trial in (succeeded, failed):
-        controller.settled(KEY, trial)
-    # Folded in by the reconcile (a plan may be reading the ledger in another thread until then).
-    assert not controller.is_settled(KEY, "digits-0")
-    ledger = controller._ledger(KEY)
-    assert len(ledger) == 2 and controller.is_settled(KEY, "digits-0")
-    controller.settled(KEY, succeeded)  # the same Trial again (a re-listing): counted once
-    controller.trial_deleted(KEY, "digits-0")
-    ledger = controller._ledger(KEY)
-    assert len(ledger) == 1 and ledger.counts["Failed"] == 0 and ledger.counts["Succeeded"] == 1
-    assert ledger.last_failed is None
-    controller._forget(KEY)  # the job is gone
-    assert not controller.is_settled(KEY, "digits-1")
-
-
-def test_a_wake_up_is_set_again_after_the_previous_one_fired() -> None:
-    """A fired timer must not stand for a future wake-up: metrics polls, deferred counter writes and
-    deadlines all rely on enqueue_after, again and again for the same job."""
-    controller = Controller(OperatorConfig(), KubeClient(Credentials("https://127.0.0.1:1", None, None, None, True,
-                                                                     None, None)))
-    queued: list[tuple[str, str]] = []
-    controller.enqueue = queued.append  # type: ignore[method-assign]
-
-    async def scenario() -> None:
-        controller.enqueue_after(KEY, 0.01)
-        await asyncio.sleep(0.05)
-        assert queued == [KEY]
-        controller.enqueue_after(KEY, 0.01)  # the first handle has fired; this one must be set
-        await asyncio.sleep(0.05)
-        assert queued == [KEY, KEY]
-        controller.enqueue_after(KEY, 0.01)
-        controller.enqueue_after(KEY, 10.0)  # a later wake-up does not replace an earlier one
-        await asyncio.sleep(0.05)
-        assert queued == [KEY, KEY, KEY]
-
-    asyncio.run(scenario())
 
 
 def test_an_event_already_posted_is_not_posted_again_nor_an_error(caplog: Any) -> None:

@@ -62,7 +62,10 @@ def test_a_plan_from_the_ledger_equals_a_plan_from_every_trial(seed: int) -> Non
     for batch in (final[: len(final) // 2], final[len(final) // 2:]):
         for t in batch:
             ledger.add(t)
-        plan(job, active, pods, Observations(), NOW, ENGINE, ledger=ledger)
+        before = (len(ledger), len(ledger.history), [r.name for r in ledger.waiting()])
+        changes = plan(job, active, pods, Observations(), NOW, ENGINE, ledger=ledger).ledger_changes
+        assert (len(ledger), len(ledger.history), [r.name for r in ledger.waiting()]) == before  # read, not changed
+        ledger.settle_before(changes.settle_before)  # as the operator does after each plan
     incremental = plan(job, active, pods, Observations(), NOW, ENGINE, ledger=ledger)
 
     assert comparable(incremental) == comparable(whole)
@@ -149,7 +152,7 @@ def test_a_history_with_a_settled_part_gives_the_same_suggestions(algorithm: str
 
 
 def test_stopping_reads_a_settled_history_like_a_list() -> None:
-    spec = make_job(earlyStopping={"rule": "median", "minTrials": 3, "minResource": 1}).spec
+    spec = make_job(earlyStopping={"rule": "median", "minTrials": 3, "minResource": 1, "maxResource": 3}).spec
     past = entries(10, random.Random(2))
     running = {"parameters": {"lr": 0.01, "optimizer": "adam"}, "state": "Running",
                "intermediate": [[1, 0.0], [2, 0.0]]}

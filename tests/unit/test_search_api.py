@@ -13,7 +13,7 @@ import yaml
 
 from kubetune.api import TuningJobSpec
 from kubetune.cli import main
-from kubetune.search import FrozenEntry, SearchError, stop, suggest
+from kubetune.search import FrozenEntry, History, SearchError, SettledHistory, stop, suggest
 from kubetune.search._history import parse_history
 from kubetune.search._space import Space, load_spec
 
@@ -138,7 +138,8 @@ def test_cli_stop_prints_decisions(tmp_path: Path, capsys: pytest.CaptureFixture
         {**GOOD, "intermediate": [[1, 0.4], [2, 0.4]]},
         {"parameters": {"lr": 0.5, "kind": "b"}, "state": "Running", "intermediate": [[1, 0.9], [2, 0.9]]},
     ]
-    job = write(tmp_path, "job.json", SPEC)
+    # maxResource 3: step 2 is not the last one (by default that is the longest succeeded trial's, 2 here).
+    job = write(tmp_path, "job.json", {**SPEC, "earlyStopping": {**SPEC["earlyStopping"], "maxResource": 3}})
     assert main(["stop", "-f", job, "--history", write(tmp_path, "h.json", history)]) == 0
     assert json.loads(capsys.readouterr().out) == [
         {"index": 2, "rule": "median", "step": 2.0, "value": 0.9, "threshold": 0.45}
@@ -166,10 +167,17 @@ def test_frozen_entries_answer_like_their_mappings_and_are_parsed_once() -> None
     assert dict(entry)["state"] == "Succeeded" and entry != history[0]  # equal only to itself
     with pytest.raises(TypeError):
         entry["parameters"]["lr"] = 1.0  # read-only all the way down
-    # Parsed once per (space, goal, position): a second call reads the memo, not the entry.
-    before = [parse_history(Space.from_spec(load_spec(SPEC)), "minimize", frozen)[i] for i in range(12)]
-    again = parse_history(Space.from_spec(load_spec(SPEC)), "minimize", frozen)
-    assert all(a is b for a, b in zip(before, again[:12], strict=True))
+    # In a History's open part, parsed once per (space, goal, position): a second call reads the cache.
+    history_ = History(SettledHistory(), frozen)
+    before = parse_history(Space.from_spec(load_spec(SPEC)), "minimize", history_)
+    again = parse_history(Space.from_spec(load_spec(SPEC)), "minimize", history_)
+    assert all(a is b for a, b in zip(before[:12], again[:12], strict=True))
+    assert before[12] is not again[12]  # a plain (mutable) entry is parsed on every call
+    # Once settled, the same entries keep the Observations they had while open.
+    for entry in frozen[:12]:
+        history_.settled.append(entry)
+    settled = parse_history(Space.from_spec(load_spec(SPEC)), "minimize", History(history_.settled, frozen[12:]))
+    assert all(a is b for a, b in zip(before[:12], settled[:12], strict=True))
     # A malformed frozen entry is still rejected, naming it, on every call (errors are not memoised).
     bad = [FrozenEntry({"parameters": {"lr": 0.1}, "state": "Done"})]
     for _ in range(2):

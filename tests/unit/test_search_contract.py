@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kubetune.search import suggest
+from kubetune.api import AlgorithmName
+from kubetune.search import SearchError, suggest
 
-ALGORITHMS = ["random", "grid", "bayesian", "tpe", "cmaes", "evolution", "auto"]
-MODEL_BASED = ["bayesian", "tpe", "cmaes", "evolution", "auto"]
+ALGORITHMS = [name.value for name in AlgorithmName]  # a new algorithm joins every contract test
+MODEL_BASED = [name for name in ALGORITHMS if name not in ("random", "grid")]
 
 TEMPLATE = {"template": {"spec": {"containers": [{"name": "trainer", "image": "trainer"}]}}}
 
@@ -375,3 +376,49 @@ def test_any_space_gets_valid_distinct_suggestions(parameters: list[dict[str, An
         assert len({key(a) for a in wave}) == len(wave)
         history += [{"parameters": a, "state": "Succeeded", "objective": float(round_ + i)} for i, a in enumerate(wave)]
     assert len({key(h["parameters"]) for h in history}) == len(history)
+
+
+# ---------------------------------------------------------------------------- the registry
+
+
+def test_every_algorithm_of_the_api_has_a_sampler_and_no_other() -> None:
+    from kubetune.search._engine import SAMPLERS
+
+    assert set(SAMPLERS) == set(AlgorithmName)
+
+
+def test_an_algorithm_without_a_sampler_is_an_error_not_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetune.search import _engine
+
+    monkeypatch.delitem(_engine.SAMPLERS, AlgorithmName.CMAES)
+    with pytest.raises(SearchError, match="'cmaes' has no sampler"):
+        suggest(make_spec("cmaes"), [], 1)
+
+
+CHANGED_SETTINGS = {  # one setting off its default, per algorithm that has settings
+    "grid": {"pointsPerDimension": 7},
+    "bayesian": {"nStartupTrials": 3},
+    "tpe": {"nStartupTrials": 3},
+    "cmaes": {"nStartupTrials": 3},
+    "evolution": {"populationSize": 4},
+}
+
+
+@pytest.mark.parametrize("algorithm", [name for name in AlgorithmName if name.settings_model is not None])
+def test_the_spec_settings_reach_the_sampler(algorithm: AlgorithmName, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetune.search import _engine
+
+    seen: list[object] = []
+    original = _engine.SAMPLERS[algorithm]
+
+    def spy(ctx: Any, settings: Any) -> Any:
+        seen.append(settings)
+        return original.propose(ctx, settings)
+
+    monkeypatch.setitem(_engine.SAMPLERS, algorithm, _engine.Sampler(spy, original.top_up))
+    model = algorithm.settings_model
+    assert model is not None
+    changed = CHANGED_SETTINGS[algorithm.value]
+    suggest(make_spec(algorithm.value), [], 1)
+    suggest(make_spec(algorithm.value, **{algorithm.value: changed}), [], 1)
+    assert seen == [model(), model.model_validate(changed)] and seen[0] != seen[1]

@@ -176,3 +176,85 @@ def test_hyperband_runs_asha_within_each_bracket() -> None:
     keep = len(members) // 3
     assert [d.index for d in decisions] == members[keep:]
     assert all(d.rule == "hyperband" and d.step == 1.0 for d in decisions)
+
+
+# ---------------------------------------------------------------------------- the last step
+
+
+@pytest.mark.parametrize(
+    "early",
+    [
+        {"rule": "median", "minTrials": 5},
+        {"rule": "percentile", "percentile": 25.0, "minTrials": 5},
+        {"rule": "asha", "reductionFactor": 3},
+        {"rule": "hyperband", "reductionFactor": 3},
+    ],
+)
+def test_no_rule_stops_a_trial_at_or_past_max_resource(early: dict[str, Any]) -> None:
+    # A clear loser among leaders: stopped on its way, never once it reached maxResource (nothing left to save).
+    # (Trial 9 is in hyperband's bracket 1, whose rung is step 3.)
+    leaders = [trial("Running", [0.1 + 0.01 * i] * 9) for i in range(9)]
+    spec = make_spec(early.pop("rule"), minResource=1, maxResource=9, **early)
+    on_its_way = stop(spec, [*leaders, trial("Running", [0.9] * 3)])
+    assert on_its_way == [9]
+    assert stop(spec, [*leaders, trial("Running", [0.9] * 9)]) == []
+    assert stop(spec, [*leaders, trial("Running", [0.9] * 10)]) == []
+
+
+def test_median_without_max_resource_spares_a_trial_at_the_last_step_of_the_succeeded_ones() -> None:
+    # The user's case: 9-epoch trials, no maxResource; the loser reports epoch 9 and is done anyway.
+    finished = [trial("Succeeded", [0.5 + 0.01 * i] * 9, objective=0.5) for i in range(5)]
+    assert stop(make_spec("median", minTrials=5), [*finished, trial("Running", [0.9] * 8)]) == [5]
+    assert stop(make_spec("median", minTrials=5), [*finished, trial("Running", [0.9] * 9)]) == []
+    # Before any trial succeeded, the length of a full trial is unknown: the rule judges as usual.
+    running = [trial("Running", [0.5 + 0.01 * i] * 9) for i in range(5)]
+    assert 5 in stop(make_spec("median", minTrials=5), [*running, trial("Running", [0.9] * 9)])
+
+
+# ---------------------------------------------------------------------------- percentile
+
+
+def test_percentile_keeps_the_best_fraction_and_50_is_median() -> None:
+    # Peers' running averages at step 3: 0.1, 0.2, ..., 0.8; the running trials sit between them.
+    peers_ = [trial("Succeeded", [0.1 * (i + 1)] * 10, objective=0.1 * (i + 1)) for i in range(8)]
+    runners = [trial("Running", [value] * 3) for value in (0.15, 0.3, 0.55, 0.75)]
+    history = [*peers_, *runners]
+    quarter = stop_decisions(make_spec("percentile", percentile=25.0, minTrials=5), history)
+    # Others of the 0.15 runner: 0.1..0.8 and the other runners; 25th percentile ~0.24: only it stays.
+    assert [d.index for d in quarter] == [9, 10, 11]
+    assert all(d.rule == "percentile" for d in quarter)
+    half = stop_decisions(make_spec("percentile", percentile=50.0, minTrials=5), history)
+    median = stop_decisions(make_spec("median", minTrials=5), history)
+    assert [(d.index, d.step, d.value, d.threshold) for d in half] == [
+        (d.index, d.step, d.value, d.threshold) for d in median
+    ]
+    assert stop(make_spec("percentile", percentile=100.0, minTrials=5), history) == []  # the bar is the worst
+
+
+def test_percentile_follows_the_goal() -> None:
+    # Maximising: the 0.2 runner is the loser; percentile 25 keeps the best quarter (the highest values).
+    peers_ = [trial("Succeeded", [0.1 * (i + 1)] * 10, objective=0.1 * (i + 1)) for i in range(8)]
+    history = [*peers_, trial("Running", [0.2] * 3), trial("Running", [0.85] * 3)]
+    decisions = stop_decisions(make_spec("percentile", goal="maximize", percentile=25.0, minTrials=5), history)
+    assert [(d.index, d.value) for d in decisions] == [(8, 0.2)]
+    assert decisions[0].threshold is not None and decisions[0].threshold > 0.6  # reported as a value, not a loss
+
+
+# ---------------------------------------------------------------------------- the registry
+
+
+def test_every_rule_of_the_api_has_a_decision_function_and_no_other() -> None:
+    from kubetune.api import EarlyStoppingRule
+    from kubetune.search._stopping import STOPPING_RULES
+
+    assert set(STOPPING_RULES) == set(EarlyStoppingRule)
+
+
+def test_a_rule_without_a_decision_function_is_an_error_not_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetune.api import EarlyStoppingRule
+    from kubetune.search import SearchError, _stopping
+
+    monkeypatch.delitem(_stopping.STOPPING_RULES, EarlyStoppingRule.MEDIAN)
+    history = [*peers(), trial("Running", [0.9, 0.9, 0.9])]
+    with pytest.raises(SearchError, match="'median' has no decision function"):
+        stop(make_spec("median", minTrials=5), history)

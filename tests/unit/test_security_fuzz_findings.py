@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from kubetune.api import TuningJob, TuningJobSpec
+from kubetune.api import Trial, TuningJob, TuningJobSpec
 from kubetune.api.models import MAX_INT_BOUND, AlgorithmName
 from kubetune.controller.engine import SearchEngine
-from kubetune.controller.planner import CreateTrial, Observations, PatchTrialStatus, Plan, plan
+from kubetune.controller.planner import CreatePod, CreateTrial, Observations, PatchTrialStatus, Plan, plan
 from kubetune.controller.templates import build_trial, build_trial_pod
 from kubetune.k8s.apply import JobRef, PlanApplier
 from kubetune.k8s.client import ApiError, NotFound
@@ -189,18 +189,23 @@ def _trial_plan() -> Plan:
 def test_a_refused_pod_fails_its_trial_once_instead_of_failing_every_reconcile(error: ApiError) -> None:
     client = RecordingClient(pod_error=error)
     applied = _apply(client, _trial_plan())
-    assert applied.errors == [] and applied.rejected_trials == ["fz-0"] and applied.created_pods == []
+    assert applied.errors == [] and list(applied.rejected) == ["fz-0"] and applied.created_pods == []
     trial_patches = [body["status"] for path, body in client.patches if path.endswith("/trials/fz-0/status")]
-    assert len(trial_patches) == 1, "the plan's own Pending patch must not overwrite the failure"
-    status = trial_patches[0]
+    assert trial_patches == [], "the plan's own Pending patch must not go out for a trial whose pod was refused"
+    # The next plan fails the trial with the API server's words; it is not retried.
+    tuning_job = job(SPEC)
+    created = Trial.model_validate({**build_trial(tuning_job, 0, {"x": 0.5}), "status": {}})
+    result = plan(tuning_job, [created], [], Observations(), NOW, SearchEngine(), rejected=applied.rejected)
+    [status] = [a.status for a in result.of_type(PatchTrialStatus) if a.trial == "fz-0"]
     assert status["phase"] == "Failed" and status["reason"] == "PodRejected"
     assert error.message in status["message"]
+    assert not result.of_type(CreatePod)
 
 
 def test_a_quota_refusal_is_retried() -> None:
     client = RecordingClient(pod_error=ApiError(403, "Forbidden", 'pods "fz-0-1" is forbidden: exceeded quota'))
     applied = _apply(client, _trial_plan())
-    assert applied.rejected_trials == [] and len(applied.errors) == 1
+    assert applied.rejected == {} and len(applied.errors) == 1
 
 
 def test_a_status_patch_of_a_deleted_job_is_not_an_error() -> None:

@@ -4,12 +4,15 @@ Pydantic writes JSON Schema (2020-12); the API server wants a *structural*
 OpenAPI v3 schema. `to_structural` bridges the two: inline `$defs`, drop
 titles, turn `Optional[X]` into `X` (absent rather than null), map free-form
 objects and mixed-type unions to `x-kubernetes-preserve-unknown-fields`, and
-rewrite numeric `exclusiveMinimum` into the OpenAPI 3.0 boolean form.
+rewrite numeric `exclusiveMinimum` into the OpenAPI 3.0 boolean form. A field's
+default is also stated in its description, since `kubectl explain` shows only
+descriptions.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,18 @@ def _preserve(description: str | None) -> Schema:
 
 
 def _structural(node: Schema) -> Schema:
+    out = _structural_node(node)
+    if out.get("description"):  # a multi-line docstring reads as one paragraph
+        out["description"] = " ".join(out["description"].split())
+    if "default" in out and out.get("description"):
+        # `kubectl explain` shows descriptions, not defaults: say it there, from the model's own default.
+        default = out["default"]
+        shown = default if isinstance(default, str) else json.dumps(default)
+        out["description"] = f"{out['description']} Default: {shown}."
+    return out
+
+
+def _structural_node(node: Schema) -> Schema:
     node = dict(node)
     node.pop("title", None)
     description = node.get("description")
@@ -58,7 +73,7 @@ def _structural(node: Schema) -> Schema:
             merged = {**branches[0], **rest}
             if "default" in node and node["default"] is not None:
                 merged["default"] = node["default"]
-            return _structural(merged)
+            return _structural_node(merged)
         # A mixed-type scalar (float | int | str): the API server keeps it as is,
         # the pydantic model checks it.
         return _preserve(description)

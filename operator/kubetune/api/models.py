@@ -84,7 +84,8 @@ class Objective(KubeModel):
     goal: Goal = Field(description="Whether a larger (maximize) or smaller (minimize) value is better.")
     target: float | None = Field(
         default=None,
-        description="Stop the job as soon as a trial reaches this value (>= for maximize, <= for minimize).",
+        description="Stop the job as soon as a trial reaches this value (>= for maximize, <= for minimize); "
+        "default: none, the job runs its budget.",
     )
     additional_metrics: list[Annotated[str, Field(max_length=63, pattern=METRIC_NAME_PATTERN)]] = Field(
         default_factory=list,
@@ -252,16 +253,6 @@ class Parameter(KubeModel):
 # --------------------------------------------------------------------------- algorithm
 
 
-class AlgorithmName(StrEnum):
-    AUTO = "auto"
-    RANDOM = "random"
-    GRID = "grid"
-    BAYESIAN = "bayesian"
-    TPE = "tpe"
-    CMAES = "cmaes"
-    EVOLUTION = "evolution"
-
-
 class GridSettings(KubeModel):
     """Settings of grid search."""
 
@@ -290,8 +281,15 @@ class BayesianSettings(KubeModel):
 class CMAESSettings(KubeModel):
     """Settings of CMA-ES."""
 
-    sigma0: float | None = Field(default=None, gt=0, description="Initial step size (fraction of the range).")
-    population_size: int | None = Field(default=None, ge=2, le=10000, description="Offspring per generation.")
+    sigma0: float | None = Field(
+        default=None, gt=0, description="Initial step size as a fraction of the range (default 1/6)."
+    )
+    population_size: int | None = Field(
+        default=None,
+        ge=2,
+        le=10000,
+        description="Offspring per generation (default 4 + floor(3 ln d), d the number of numeric parameters).",
+    )
     n_startup_trials: int = Field(default=0, ge=0, le=10000, description="Random trials before CMA-ES.")
 
 
@@ -304,76 +302,205 @@ class EvolutionSettings(KubeModel):
     tournament_size: int = Field(default=3, ge=1, le=100, description="Contestants per parent selection.")
 
 
-_ALGORITHM_RULES = rules(
-    *(
-        (f"!has(self.{name}) || self.name == '{name}'", f"{name} settings need algorithm name {name}")
-        for name in ("grid", "tpe", "bayesian", "cmaes", "evolution")
+class AlgorithmName(StrEnum):
+    """The search algorithms, one entry each: name, settings model (the `algorithm.<name>` field, or
+    None) and what it does. The CRD's enum, `algorithm.name`'s description, the rule that settings go
+    with their algorithm and `kubetune.search`'s dispatch table all follow this list."""
+
+    settings_model: type[KubeModel] | None
+    summary: str
+
+    def __new__(cls, value: str, settings_model: type[KubeModel] | None = None, summary: str = "") -> AlgorithmName:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.settings_model = settings_model
+        member.summary = summary
+        return member
+
+    AUTO = (
+        "auto",
+        None,
+        "picks per search space and history: every point when the budget covers a finite space, "
+        "else bayesian, then tpe once the history is long or the space wide (each with default settings)",
     )
-)
+    RANDOM = "random", None, "independent uniform samples"
+    GRID = "grid", GridSettings, "every point of a grid, in a seeded order (settings: grid)"
+    BAYESIAN = "bayesian", BayesianSettings, "Gaussian-process Bayesian optimisation (settings: bayesian)"
+    TPE = "tpe", TPESettings, "Tree-structured Parzen Estimator, Optuna's (settings: tpe)"
+    CMAES = "cmaes", CMAESSettings, "CMA-ES with restarts (settings: cmaes)"
+    EVOLUTION = "evolution", EvolutionSettings, "a steady-state genetic algorithm (settings: evolution)"
+
+
+def _listing(entries: list[tuple[str, str]]) -> str:
+    """`name: what it does` entries as one description text."""
+    return " ".join(f"{name}: {text}." for name, text in entries)
+
+
+_WITH_SETTINGS = [name for name in AlgorithmName if name.settings_model is not None]
 
 
 class Algorithm(KubeModel):
     """How the next trials are suggested."""
 
-    model_config = ConfigDict(json_schema_extra=_ALGORITHM_RULES)
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            *(
+                (f"!has(self.{name}) || self.name == '{name}'", f"{name} settings need algorithm name {name}")
+                for name in _WITH_SETTINGS
+            )
+        )
+    )
 
     name: AlgorithmName = Field(
         default=AlgorithmName.AUTO,
-        description="auto (default: picks per search space), random, grid, bayesian, tpe, cmaes or evolution.",
+        description="The algorithm. " + _listing([(a.value, a.summary) for a in AlgorithmName]),
     )
     seed: int | None = Field(
         default=None, ge=0, le=2**31 - 1, description="Seed for reproducible suggestions (default 0)."
     )
+    # One field per algorithm that has settings, named after it (AlgorithmName lists them; a unit test
+    # checks the two agree).
     grid: GridSettings | None = None
     tpe: TPESettings | None = None
     bayesian: BayesianSettings | None = None
     cmaes: CMAESSettings | None = None
     evolution: EvolutionSettings | None = None
 
+    @model_validator(mode="after")
+    def _check_settings(self) -> Algorithm:
+        for name in _WITH_SETTINGS:
+            if getattr(self, name.value) is not None and self.name != name:
+                raise ValueError(f"algorithm: {name} settings need algorithm name {name}")
+        return self
+
+    def settings(self) -> KubeModel | None:
+        """The settings of the chosen algorithm: the spec's, or its model's defaults (None: it has none)."""
+        model = AlgorithmName(self.name).settings_model
+        if model is None:
+            return None
+        given: KubeModel | None = getattr(self, self.name)
+        return given if given is not None else model()
+
 
 # --------------------------------------------------------------------------- early stopping
 
 
 class EarlyStoppingRule(StrEnum):
-    NONE = "none"
-    MEDIAN = "median"
-    ASHA = "asha"
-    HYPERBAND = "hyperband"
+    """The early-stopping rules, one entry each: name, how it decides, and the fields it cannot run
+    without. The CRD's enum, `earlyStopping.rule`'s description, the required-field checks (CEL and
+    the model's own) and `kubetune.search`'s dispatch table all follow this list."""
+
+    decides: str
+    needs: tuple[str, ...]  # EarlyStopping fields (Python names) the rule requires
+
+    def __new__(cls, value: str, decides: str = "", needs: tuple[str, ...] = ()) -> EarlyStoppingRule:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.decides = decides
+        member.needs = needs
+        return member
+
+    NONE = "none", "no trial is stopped early"
+    MEDIAN = (
+        "median",
+        "a running trial at step s >= minResource is stopped when its best value so far is worse than the "
+        "median of the running averages up to s of the other trials that reached s (running, finished and "
+        "stopped ones; at least minTrials of them)",
+    )
+    PERCENTILE = (
+        "percentile",
+        "as median, with the given percentile of those running averages as the bar: percentile 25 keeps "
+        "trials within the best quarter, 50 is median",
+        ("percentile",),
+    )
+    ASHA = (
+        "asha",
+        "asynchronous successive halving: rungs at minResource * reductionFactor^k below maxResource; a "
+        "trial is judged at the highest rung it reached, by its value there against every trial's value at "
+        "that rung, and continues only within the best 1/reductionFactor of them (the best one while fewer "
+        "than reductionFactor trials reached the rung)",
+        ("max_resource",),
+    )
+    HYPERBAND = (
+        "hyperband",
+        "trials are spread over Hyperband's brackets by their index (deterministic, interleaved); bracket b "
+        "runs asha with its first rung at minResource * reductionFactor^b, so some brackets stop early and "
+        "hard, others late; trials compete only within their bracket",
+        ("max_resource",),
+    )
 
 
-_EARLY_STOPPING_RULES = rules(
-    (
-        "!(self.rule in ['asha', 'hyperband']) || has(self.maxResource)",
-        "asha and hyperband need maxResource",
-    ),
-    (
-        "!has(self.maxResource) || self.maxResource >= self.minResource",
-        "maxResource must be at least minResource",
-    ),
-)
+def _needs_rules() -> list[tuple[str, str]]:
+    """One CEL rule per required field: the rules that need it cannot go without it."""
+    fields = sorted({field for rule in EarlyStoppingRule for field in rule.needs})
+    cel = []
+    for field in fields:
+        names = [rule.value for rule in EarlyStoppingRule if field in rule.needs]
+        listed = ", ".join(f"'{name}'" for name in names)
+        subject = f"rule {names[0]} needs" if len(names) == 1 else f"rules {' and '.join(names)} need"
+        cel.append((f"!(self.rule in [{listed}]) || has(self.{to_camel(field)})", f"{subject} {to_camel(field)}"))
+    return cel
 
 
 class EarlyStopping(KubeModel):
-    """When running trials are stopped because they look worse than their peers."""
+    """When running trials are stopped because they look worse than their peers. No rule stops a trial at
+    or past maxResource (when maxResource is unset: the highest step a succeeded trial reported), where
+    stopping would save nothing."""
 
-    model_config = ConfigDict(json_schema_extra=_EARLY_STOPPING_RULES)
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            *_needs_rules(),
+            (
+                "!has(self.maxResource) || self.maxResource >= self.minResource",
+                "maxResource must be at least minResource",
+            ),
+        )
+    )
 
-    rule: EarlyStoppingRule = Field(default=EarlyStoppingRule.NONE, description="none, median, asha or hyperband.")
+    rule: EarlyStoppingRule = Field(
+        default=EarlyStoppingRule.NONE,
+        description="The rule. " + _listing([(r.value, r.decides) for r in EarlyStoppingRule]),
+    )
     resource: str = Field(
         default="epoch", max_length=63, description="What a step counts (informational: epoch, step, ...)."
     )
-    min_resource: int = Field(default=1, ge=1, description="Steps every trial gets before it can be stopped.")
-    max_resource: int | None = Field(default=None, ge=1, description="Steps a full trial runs (asha, hyperband).")
-    reduction_factor: int = Field(default=3, ge=2, le=100, description="Keep 1/factor of trials at each rung.")
+    min_resource: int = Field(
+        default=1,
+        ge=1,
+        description="Steps every trial runs before it can be stopped (asha, hyperband: the first rung).",
+    )
+    max_resource: int | None = Field(
+        default=None,
+        ge=1,
+        description="Steps a full trial runs; asha and hyperband need it. A trial that reached it is never "
+        "stopped; when unset, the highest step a succeeded trial reported takes its place.",
+    )
+    reduction_factor: int = Field(
+        default=3,
+        ge=2,
+        le=100,
+        description="asha, hyperband: rungs are this factor apart and 1/factor of the trials at a rung go on.",
+    )
     min_trials: int = Field(
-        default=5, ge=1, le=10000, description="Trials that must have reported a step before median compares."
+        default=5,
+        ge=1,
+        le=10000,
+        description="median, percentile: other trials that must have reached a step before a trial is "
+        "compared there.",
+    )
+    percentile: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="percentile (required there): the percentile of the peers' running averages a trial's best "
+        "value must match or beat, 0 to 100; smaller stops more.",
     )
 
     @model_validator(mode="after")
     def _check_resources(self) -> EarlyStopping:
-        needs_max = self.rule in (EarlyStoppingRule.ASHA, EarlyStoppingRule.HYPERBAND)
-        if needs_max and self.max_resource is None:
-            raise ValueError(f"earlyStopping: {self.rule} needs maxResource")
+        for field in EarlyStoppingRule(self.rule).needs:
+            if getattr(self, field) is None:
+                raise ValueError(f"earlyStopping: rule {self.rule} needs {to_camel(field)}")
         if self.max_resource is not None and self.max_resource < self.min_resource:
             raise ValueError("earlyStopping: maxResource must be at least minResource")
         return self
@@ -403,7 +530,9 @@ class Budget(KubeModel):
         default=3, ge=0, le=1_000_000, description="The job fails once more trials than this have failed."
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Stop starting trials and finish the job this long after it started."
+        default=None,
+        ge=1,
+        description="Stop starting trials and finish the job this long after it started (default: no deadline).",
     )
 
     @model_validator(mode="after")
@@ -489,7 +618,29 @@ class TrialTemplate(KubeModel):
         description="Container that trains and reports metrics (default: the first).",
     )
     retries: int = Field(default=0, ge=0, le=10, description="Times a failed trial pod is retried.")
-    active_deadline_seconds: int | None = Field(default=None, ge=1, description="Deadline of each trial's pod.")
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Deadline of each trial's pod (default: none)."
+    )
+    not_starting_timeout_seconds: int | None = Field(
+        default=300,
+        ge=1,
+        description=(
+            "A trial whose pod Kubernetes cannot start (ImagePullBackOff, ErrImagePull, InvalidImageName, "
+            "CreateContainerConfigError, CreateContainerError, RunContainerError) fails with that reason once "
+            "its pod is this old, instead of waiting forever; null waits (the reason stays in the Trial's status "
+            "and the job's TrialsNotStarting condition either way). Not retried: a wrong image or a missing "
+            "Secret stays wrong."
+        ),
+    )
+    unschedulable_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Like notStartingTimeoutSeconds for a pod the scheduler cannot place (Unschedulable: not enough GPUs, "
+            "a taint, a quota). Unset by default: trials queued behind each other for GPUs are normal, and they "
+            "show as Unschedulable meanwhile."
+        ),
+    )
     metrics_port: int = Field(default=8000, ge=1, le=65535, description="Port the trial serves metrics on.")
     metrics_path: str = Field(default="/metrics", max_length=253, pattern=r"^/", description="Metrics HTTP path.")
     template: PodTemplate = Field(description="The trial pod template (core/v1 PodTemplateSpec).")

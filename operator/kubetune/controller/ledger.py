@@ -158,6 +158,10 @@ class Ledger:
     def best(self, goal: Goal) -> SettledTrial | None:
         return self._best[goal]
 
+    def waiting(self) -> list[SettledTrial]:
+        """The final trials not in the settled history yet, in index order."""
+        return [self.trials[name] for _, name in self._waiting]
+
     def settle_before(self, first_active: int | None) -> list[SettledTrial]:
         """Move the final trials with an index below `first_active` (None: all) into the settled
         history, in index order; return those still waiting behind an active trial, in index order."""

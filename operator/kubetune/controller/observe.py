@@ -35,6 +35,9 @@ class PodView:
     message: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    created_at: str | None = None
+    # Why Kubernetes cannot start the pod (a container waiting in ImagePullBackOff..., or Unschedulable), if so.
+    not_starting: tuple[str, str] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -74,6 +77,41 @@ def parse_termination_message(message: str | None) -> TerminationReport | None:
     )
 
 
+# Container waiting reasons that mean the kubelet cannot start it (as opposed to ContainerCreating,
+# PodInitializing: on its way). CrashLoopBackOff cannot happen: trial pods never restart.
+NOT_STARTING_REASONS = frozenset({
+    "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
+    "CreateContainerError", "RunContainerError", "PreCreateHookError", "PostStartHookError",
+})
+UNSCHEDULABLE = "Unschedulable"
+# What the kubelet says when runAsNonRoot meets an image whose user is root, and the fix to name.
+_ROOT_IMAGE = "runAsNonRoot and image will run as root"
+ROOT_IMAGE_FIX = (
+    "the image runs as root while kubetune sets runAsNonRoot (the restricted profile): set "
+    "trialTemplate.template.spec.securityContext.runAsUser to a non-zero UID the image can run as (for example "
+    "1000), or runAsNonRoot: false where the namespace's Pod Security admits root"
+)
+
+
+def not_starting(status: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) when Kubernetes reports it cannot start the pod: a container (init ones first) waiting
+    for a reason that will not pass by itself, or the scheduler finding no node."""
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for container in status.get(key) or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason in NOT_STARTING_REASONS:
+                message = str(waiting.get("message") or "")
+                if _ROOT_IMAGE in message:
+                    message = f"{message}: {ROOT_IMAGE_FIX}"
+                return str(reason), f"container {container.get('name')}: {message}".rstrip(": ")
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
+                and condition.get("reason") == UNSCHEDULABLE:
+            return UNSCHEDULABLE, str(condition.get("message") or "no node fits the pod")
+    return None
+
+
 def pod_view(pod: dict[str, Any], primary_container: str | None = None) -> PodView | None:
     """Summarise a trial pod; None for pods that do not follow the naming scheme."""
     metadata = pod.get("metadata") or {}
@@ -99,4 +137,6 @@ def pod_view(pod: dict[str, Any], primary_container: str | None = None) -> PodVi
         message=terminated.get("message") or status.get("message"),
         started_at=terminated.get("startedAt") or running.get("startedAt") or status.get("startTime"),
         finished_at=terminated.get("finishedAt"),
+        created_at=metadata.get("creationTimestamp"),
+        not_starting=not_starting(status) if status.get("phase", "Pending") == "Pending" else None,
     )

@@ -39,8 +39,8 @@ from kubetune.api import (
 )
 from kubetune.controller import naming
 from kubetune.controller.conditions import find_condition, remove_condition, set_condition
-from kubetune.controller.ledger import FINAL_PHASES, Ledger, SettledTrial, beats, history_entry
-from kubetune.controller.observe import PodView, TerminationReport
+from kubetune.controller.ledger import FINAL_PHASES, Ledger, SettledTrial, beats, history_entry, settle
+from kubetune.controller.observe import NOT_STARTING_REASONS, UNSCHEDULABLE, PodView, TerminationReport
 from kubetune.controller.templates import build_trial, build_trial_pod, template_placeholders
 from kubetune.search import History, StopDecision
 
@@ -124,12 +124,22 @@ def transition_key(*parts: object) -> str:
 Action = CreateTrial | CreatePod | DeletePod | PatchTrialStatus | Event
 
 
+@dataclass(frozen=True)
+class LedgerChanges:
+    """What the caller folds into the job's ledger after a plan (a plan never changes its inputs)."""
+
+    add: tuple[Trial, ...] = ()  # final trials that came in the trial list, not through the ledger
+    settle_before: int | None = None  # final trials below this index (None: all) join the settled history
+
+
 @dataclass
 class Plan:
     actions: list[Action] = field(default_factory=list)
     status: TuningJobStatus | None = None  # None: no change
     requeue_after: float | None = None  # seconds; None: wait for events
     suggested: int = 0  # trials asked of the engine (for metrics)
+    not_starting: Counter[str] = field(default_factory=Counter)  # active trials whose pod cannot start, by reason
+    ledger_changes: LedgerChanges = LedgerChanges()
 
     def of_type(self, kind: type[Any]) -> list[Any]:
         return [a for a in self.actions if isinstance(a, kind)]
@@ -215,6 +225,7 @@ def advance_trial(
     observations: Observations,
     now: datetime,
     settings: PlannerSettings = PlannerSettings(),
+    rejected: str | None = None,
 ) -> _TrialStep:
     """An active trial's next status from its pods, and the pod actions that go with it."""
     spec = job.spec
@@ -263,6 +274,10 @@ def advance_trial(
         else:
             fail(reason, message)
 
+    if rejected is not None:
+        # The API server refused the trial's pod for good (invalid, or forbidden by Pod Security): no retry helps.
+        fail("PodRejected", rejected)
+        return step
     if latest is None or latest.attempt < attempts:
         expected = naming.pod_name(name, attempts) if attempts else None
         if attempts == 0:
@@ -327,11 +342,44 @@ def advance_trial(
             message += f": {_short(pod.message, 1024)}"
         attempt_failed(detail if detail != "Error" else "Error", message)
         return step
+    if pod.phase == "Pending" and pod.not_starting is not None and not pod.deleting:
+        _not_starting(job, trial, pod, pod.not_starting, status, step, now)
+        return step
+    if status.reason in NOT_STARTING_REASONS or status.reason == UNSCHEDULABLE:
+        status.reason = status.message = None  # it started after all
     if pod.phase == "Running" and not pod.deleting:
         if status.phase != TrialPhase.RUNNING:
             status.phase = TrialPhase.RUNNING
             status.start_time = status.start_time or pod.started_at or _iso(now)
     return step
+
+
+def _not_starting(job: TuningJob, trial: Trial, pod: PodView, why: tuple[str, str], status: TrialStatus,
+                  step: _TrialStep, now: datetime) -> None:
+    """A trial whose pod Kubernetes cannot start says why, and fails with that reason once the pod is older
+    than the template's timeout for it (not retried: a wrong image or a missing Secret stays wrong)."""
+    template = job.spec.trial_template
+    reason, message = why
+    timeout = (template.unschedulable_timeout_seconds if reason == UNSCHEDULABLE
+               else template.not_starting_timeout_seconds)
+    created = _parse_time(pod.created_at) or now
+    age = (now - created).total_seconds()
+    name, trial_id = trial.metadata.name, trial.metadata.uid or trial.metadata.name
+    if timeout is not None and age >= timeout:
+        status.phase = TrialPhase.FAILED
+        status.reason = reason
+        status.message = _short(f"pod {pod.name} could not start in {timeout}s: {message}", 2048)
+        status.completion_time = _iso(now)
+        step.actions.append(DeletePod(pod.name, f"trial {name}: {reason}"))
+        step.actions.append(Event("Trial", name, "Warning", "TrialFailed", f"{reason}: {_short(status.message)}",
+                                  transition_key(trial_id, "TrialFailed")))
+        return
+    if status.reason != reason:
+        step.actions.append(Event("Trial", name, "Warning", "TrialNotStarting", _short(f"{reason}: {message}"),
+                                  transition_key(trial_id, "TrialNotStarting", reason, status.attempts)))
+    status.reason, status.message = reason, _short(message, 2048)
+    if timeout is not None:
+        step.recheck_after = max(1.0, timeout - age)
 
 
 # --------------------------------------------------------------------------- the job
@@ -464,11 +512,13 @@ def plan(
     settings: PlannerSettings = PlannerSettings(),
     ledger: Ledger | None = None,
     other_operators: Sequence[str] = (),
+    rejected: Mapping[str, str] | None = None,
 ) -> Plan:
     """Everything the operator should do for `job` now.
 
     `ledger`: the job's final trials as kept between reconciles (the operator passes only active
-    trials besides it); final trials in `trials` are added to it. Without one, `trials` are all.
+    trials besides it); it is read, never changed: `Plan.ledger_changes` says what to fold into it. Without
+    one, `trials` are all. `rejected`: trials whose pod the API server refused for good, and why.
     `other_operators`: installations standing by for this job while this one reconciles it."""
     problem = validate_job(job)
     generation = job.metadata.generation
@@ -477,14 +527,13 @@ def plan(
 
     spec = job.spec
     job_id = job.metadata.uid or job.metadata.name
-    ledger = ledger if ledger is not None else Ledger()
-    active: list[Trial] = []
-    for t in trials:
-        if t.status.phase in FINAL_PHASES:
-            ledger.add(t)
-        elif t.metadata.name not in ledger:  # a final trial stays final (a stale copy may still be active)
-            active.append(t)
-    active.sort(key=_by_index)
+    base = ledger if ledger is not None else Ledger()
+    finals = tuple(t for t in trials if t.status.phase in FINAL_PHASES and t.metadata.name not in base)
+    # Final trials that came in the list: folded into a copy (never into the caller's ledger; rare, as the
+    # operator routes final Trials to the ledger as the watch delivers them).
+    ledger = Ledger([*base.trials.values(), *map(settle, finals)]) if finals else base
+    active = sorted((t for t in trials if t.status.phase not in FINAL_PHASES and t.metadata.name not in ledger),
+                    key=_by_index)  # a final trial stays final (a stale copy may still be active)
     pods_by_trial: dict[str, list[PodView]] = {}
     for pod in pods:
         pods_by_trial.setdefault(pod.trial, []).append(pod)
@@ -495,7 +544,7 @@ def plan(
     rechecks: list[float] = []
     for t in active:
         step = advance_trial(job, t, pods_by_trial.get(t.metadata.name, []), expected_pods, observations, now,
-                             settings)
+                             settings, (rejected or {}).get(t.metadata.name))
         statuses.append(step.status)
         result.actions.extend(step.actions)
         if step.recheck_after is not None:
@@ -506,7 +555,9 @@ def plan(
             if not pod.terminal and not pod.deleting:
                 result.actions.append(DeletePod(pod.name, f"trial {record.name} is {record.phase}"))
 
-    waiting = ledger.settle_before(active[0].spec.index if active else None)
+    first_active = active[0].spec.index if active else None
+    result.ledger_changes = LedgerChanges(finals if ledger is not base else (), first_active)
+    waiting = ledger.waiting()  # those below first_active join the settled history after this plan
 
     def build_history() -> tuple[History, dict[int, int]]:
         """The history in index order (settled part, then the rest) and each active trial's position."""
@@ -576,7 +627,10 @@ def plan(
         if status.to_wire() != trial.status.to_wire():
             result.actions.append(PatchTrialStatus(trial.metadata.name, status.to_wire()))
 
-    result.status = _job_status(job, counts, best, finished, observations, start, now, other_operators)
+    result.not_starting = Counter(s.reason for s in statuses if s.phase == TrialPhase.PENDING and s.reason
+                                  and (s.reason in NOT_STARTING_REASONS or s.reason == UNSCHEDULABLE))
+    result.status = _job_status(job, counts, best, finished, observations, start, now, active, statuses,
+                                other_operators)
     result.actions.extend(_condition_events(job, result.status, job_id))
     if result.status.to_wire() == job.status.to_wire():
         result.status = None
@@ -660,6 +714,8 @@ def _job_status(
     observations: Observations,
     start: datetime,
     now: datetime,
+    active_trials: Sequence[Trial] = (),
+    statuses: Sequence[TrialStatus] = (),
     other_operators: Sequence[str] = (),
 ) -> TuningJobStatus:
     spec = job.spec
@@ -701,6 +757,17 @@ def _job_status(
             conditions = set_condition(conditions, "MetricsAvailable", ConditionStatus.FALSE, reason,
                                        message + "; early stopping is paused, final results still come from pods",
                                        stamp, generation)
+    stuck = [(t, s) for t, s in zip(active_trials, statuses, strict=True) if s.phase == TrialPhase.PENDING
+             and (s.reason in NOT_STARTING_REASONS or s.reason == UNSCHEDULABLE)]
+    if stuck:
+        first, first_status = stuck[0]
+        conditions = set_condition(
+            conditions, "TrialsNotStarting", ConditionStatus.TRUE, first_status.reason or UNSCHEDULABLE,
+            _short(f"{len(stuck)} trial(s) cannot start; {first.metadata.name}: {first_status.reason}: "
+                   f"{first_status.message}", 4096), stamp, generation)
+    elif find_condition(conditions, "TrialsNotStarting") is not None:
+        conditions = set_condition(conditions, "TrialsNotStarting", ConditionStatus.FALSE, "TrialsStarting",
+                                   "every trial pod could start", stamp, generation)
     if other_operators:
         others = ", ".join(other_operators)
         conditions = set_condition(
@@ -734,6 +801,7 @@ class _Announced:
 _ANNOUNCED_CONDITIONS = (
     _Announced("MetricsAvailable", ConditionStatus.TRUE, "MetricsAvailable", "MetricsUnavailable"),
     _Announced("DuplicateOperator", ConditionStatus.FALSE, "DuplicateOperatorGone", "DuplicateOperator"),
+    _Announced("TrialsNotStarting", ConditionStatus.FALSE, "TrialsStarting", "TrialsNotStarting"),
 )
 
 

@@ -47,6 +47,8 @@ class OperatorConfig:
     # Stable across restarts, so a restarted operator takes up its jobs at once; distinct per installation, so
     # two whose namespaces overlap reconcile each job once and say so (the DuplicateOperator condition).
     operator_id: str = "kubetune"
+    # KUBETUNE_NUMERIC_THREADS: threads of numpy's and scipy's BLAS/OpenMP pools (default 1, never above the CPU
+    # limit); read by kubetune.threads.limit_numeric_threads at start.
     # KUBECONFIG is honoured by the client; in a pod the service-account token is used.
     kubeconfig: str | None = field(default=None)
 

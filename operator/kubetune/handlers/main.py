@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 from kubetune.handlers.config import OperatorConfig
 from kubetune.handlers.registry import build_registry
 from kubetune.metrics.operator import OperatorMetrics
+from kubetune.threads import limit_numeric_threads
 
 
 async def run_operator(
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.verbose:  # Kopf logs every handled event at INFO: thousands of lines a minute at scale
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    limit_numeric_threads()  # before the search engine first uses numpy's BLAS pool
     config = OperatorConfig.from_env()
     metrics = OperatorMetrics()
     if config.metrics_port:

@@ -40,18 +40,23 @@ def _slim_pod(body: Any) -> dict[str, Any]:
             "name": metadata.get("name"),
             "labels": dict(metadata.get("labels") or {}),
             "deletionTimestamp": metadata.get("deletionTimestamp"),
+            "creationTimestamp": metadata.get("creationTimestamp"),
         },
         "status": {
             "phase": status.get("phase"),
             "reason": status.get("reason"),
             "message": status.get("message"),
             "startTime": status.get("startTime"),
-            "containerStatuses": [
-                {"name": c.get("name"), "state": dict(c.get("state") or {})}
-                for c in status.get("containerStatuses") or []
-            ],
+            "containerStatuses": _slim_containers(status.get("containerStatuses")),
+            "initContainerStatuses": _slim_containers(status.get("initContainerStatuses")),
+            # Whether the scheduler could place it (Unschedulable says why a trial waits).
+            "conditions": [dict(c) for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"],
         },
     }
+
+
+def _slim_containers(statuses: Any) -> list[dict[str, Any]]:
+    return [{"name": c.get("name"), "state": dict(c.get("state") or {})} for c in statuses or []]
 
 
 def _plain(body: Any) -> dict[str, Any]:

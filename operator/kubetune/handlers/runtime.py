@@ -6,7 +6,8 @@ indices (the watch caches), computes a plan with pure code and applies it. A
 key is never reconciled by two workers at once, and a burst of events
 collapses into one reconcile, so the loop is event-driven and cheap. Timers
 (metrics polling for early stopping, deadlines, a periodic resync) only add
-keys to the same queue.
+keys to the same queue. What is kept of a job between reconciles, and every
+policy that reads it, is `kubetune.controller.jobstate` (pure).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,8 @@ from pydantic import ValidationError
 from kubetune.api import EarlyStoppingRule, Trial, TuningJob, TuningJobPhase, TuningJobStatus
 from kubetune.controller import naming
 from kubetune.controller.engine import SearchEngine
-from kubetune.controller.ledger import FINAL_PHASES, Ledger
+from kubetune.controller.jobstate import Ask, JobState, counters_hold_back, prometheus_needed, retry_delay
+from kubetune.controller.ledger import FINAL_PHASES
 from kubetune.controller.observe import PodView, pod_view
 from kubetune.controller.ownership import RENEW_AFTER_SECONDS, STANDBY_RECHECK_SECONDS, lease_name
 from kubetune.controller.planner import (
@@ -47,19 +49,68 @@ from kubetune.metrics.prometheus import PrometheusClient, observe_trials
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, job name)
-EXPECTATION_SECONDS = 60.0
-# How long a finished pod that was deleted stands in for itself (see pod_event).
-DELETED_POD_SECONDS = 300.0
-# A job status that changed only in its counters is written at most this often (see _defer_counters).
-COUNTERS_WRITE_SECONDS = 1.0
 
 
 def _first(store: Iterable[Any] | None) -> Any:
     return next(iter(store), None) if store is not None else None
 
 
+class WorkQueue:
+    """A deduplicating queue of job keys: a key is never handed to two workers at once, a burst of events
+    collapses into one reconcile, and a key can be due again later (one timer per key, the earliest wins)."""
+
+    def __init__(self, on_depth: Callable[[int], None] = lambda _: None) -> None:
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._active: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._on_depth = on_depth
+
+    def add(self, key: Key) -> None:
+        if key in self._active:
+            self._dirty.add(key)  # again once the current pass ends
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+        self._on_depth(len(self._queued))
+
+    def add_after(self, key: Key, delay: float) -> None:
+        timer = self._timers.get(key)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = now + delay
+        # A handle that fired keeps its (past) due time: only one still to come stands for an earlier wake-up.
+        if timer is not None and not timer.cancelled() and now < timer.when() <= due:
+            return  # an earlier wake-up is already set
+        if timer is not None:
+            timer.cancel()
+        self._timers[key] = loop.call_at(due, self.add, key)
+
+    async def get(self) -> Key:
+        key = await self._queue.get()
+        self._queued.discard(key)
+        self._active.add(key)
+        return key
+
+    def done(self, key: Key) -> None:
+        self._active.discard(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            self.add(key)
+
+    def forget(self, key: Key) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+
+
 class Controller:
-    """Owns the queue, the workers, the clients and the caches' references."""
+    """Owns the queue, the workers, the clients, each job's state and the caches' references."""
 
     def __init__(
         self,
@@ -85,24 +136,15 @@ class Controller:
         self.jobs: Mapping[Key, Any] = {}
         self.trials: Mapping[Key, Any] = {}
         self.pods: Mapping[Key, Any] = {}
-        self._ledgers: dict[Key, Ledger] = {}
-        self._arrived: dict[Key, list[Trial]] = {}  # final Trials seen since the job's last reconcile
-        self._departed: dict[Key, set[str]] = {}  # and deleted ones
-        self._queue: asyncio.Queue[Key] = asyncio.Queue()
-        self._queued: set[Key] = set()
-        self._active: set[Key] = set()
-        self._dirty: set[Key] = set()
-        self._timers: dict[Key, asyncio.TimerHandle] = {}
-        self._failures: dict[Key, int] = {}
-        self._expected: dict[Key, dict[str, float]] = {}
-        self._terminal_seen: dict[Key, float] = {}
-        self._observed: dict[Key, tuple[float, Observations]] = {}  # the last Prometheus answer per job
-        self._status_written: dict[Key, float] = {}
+        self.queue = WorkQueue(self.metrics.queue_depth.set)
+        self._states: dict[Key, JobState] = {}
         self._seen_terminal_pods: set[str] = set()
-        self._deleted_finished: dict[Key, dict[str, tuple[float, dict[str, Any]]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.reconciles = 0
         self._requests_counted = 0
+
+    def state(self, key: Key) -> JobState:
+        return self._states.setdefault(key, JobState())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -119,8 +161,7 @@ class Controller:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for timer in self._timers.values():
-            timer.cancel()
+        self.queue.close()
         try:  # the Events of the last reconciles, unless the API server does not answer
             await asyncio.wait_for(self.applier.events.flush(), timeout=5.0)
         except TimeoutError:
@@ -130,83 +171,54 @@ class Controller:
         if self.prometheus is not None:
             await self.prometheus.close()
 
-    # ------------------------------------------------------------------ queue
+    # ------------------------------------------------------------------ events from the watches
 
     def enqueue(self, key: Key) -> None:
-        if key in self._active:
-            self._dirty.add(key)  # reconcile again once the current pass ends
-        elif key not in self._queued:
-            self._queued.add(key)
-            self._queue.put_nowait(key)
-        self.metrics.queue_depth.set(len(self._queued))
+        self.queue.add(key)
 
     def enqueue_after(self, key: Key, delay: float) -> None:
-        timer = self._timers.get(key)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        due = now + delay
-        # A handle that fired keeps its (past) due time: only one still to come stands for an earlier wake-up.
-        if timer is not None and not timer.cancelled() and now < timer.when() <= due:
-            return  # an earlier wake-up is already set
-        if timer is not None:
-            timer.cancel()
-        self._timers[key] = loop.call_at(due, self.enqueue, key)
+        self.queue.add_after(key, delay)
 
     def pod_event(
         self, key: Key, name: str, phase: str | None, deleted: bool = False, body: dict[str, Any] | None = None
     ) -> None:
-        """Remember when a pod was first seen finished: the start of trial turnover.
-
-        A finished pod can be deleted right after it reported how it ended (a kubelet removes a pod
-        evicted from an unreachable node once it is back); its last state is kept, so the result
-        is read from it instead of the attempt being taken for lost and run again.
-        """
+        """Remember when a pod was first seen finished (the start of trial turnover), and the last state of a
+        finished pod that was deleted (see JobState.remember_deleted)."""
+        finished = phase in ("Succeeded", "Failed")
         if deleted:
             self._seen_terminal_pods.discard(name)
-            if phase in ("Succeeded", "Failed") and body is not None:
-                expiry = time.monotonic() + DELETED_POD_SECONDS
-                self._deleted_finished.setdefault(key, {})[name] = (expiry, body)
-        elif phase in ("Succeeded", "Failed") and name not in self._seen_terminal_pods:
+            if finished and body is not None:
+                self.state(key).remember_deleted(name, body, time.monotonic())
+        elif finished and name not in self._seen_terminal_pods:
             self._seen_terminal_pods.add(name)
-            self._terminal_seen.setdefault(key, time.monotonic())
+            state = self.state(key)
+            if state.turnover_started is None:
+                state.turnover_started = time.monotonic()
         self.enqueue(key)
 
     def settled(self, key: Key, trial: Trial) -> None:
         """A final Trial from the watch: folded into its job's ledger when the job is next reconciled
         (a reconcile may be planning with the ledger now, in another thread)."""
-        self._arrived.setdefault(key, []).append(trial)
+        self.state(key).arrived.append(trial)
 
     def is_settled(self, key: Key, name: str) -> bool:
         """Whether a final Trial of this name is in the job's ledger already (so a re-listing need not
         validate it again)."""
-        ledger = self._ledgers.get(key)
-        return ledger is not None and name in ledger
+        state = self._states.get(key)
+        return state is not None and name in state.ledger
 
     def trial_deleted(self, key: Key, name: str) -> None:
-        self._departed.setdefault(key, set()).add(name)
+        self.state(key).departed.add(name)
 
-    def _ledger(self, key: Key) -> Ledger:
-        """The job's ledger with the Trials the watch showed final or deleted since the last reconcile."""
-        ledger = self._ledgers.setdefault(key, Ledger())
-        for name in self._departed.pop(key, ()):
-            ledger.remove(name)
-        # In index order, so each lands at the end of the ledger's waiting list (20,000 at once after a restart).
-        for trial in sorted(self._arrived.pop(key, ()), key=lambda t: t.spec.index):
-            ledger.add(trial)
-        return ledger
+    # ------------------------------------------------------------------ the loop
 
     async def _worker(self) -> None:
         while True:
-            key = await self._queue.get()
-            self._queued.discard(key)
-            self._active.add(key)
+            key = await self.queue.get()
             try:
                 await self._reconcile_guarded(key)
             finally:
-                self._active.discard(key)
-                if key in self._dirty:
-                    self._dirty.discard(key)
-                    self.enqueue(key)
+                self.queue.done(key)
 
     async def _resync(self) -> None:
         while True:
@@ -220,13 +232,14 @@ class Controller:
         started = time.monotonic()
         try:
             await self.reconcile(key)
-            self._failures.pop(key, None)
+            if key in self._states:
+                self._states[key].failures = 0
         except asyncio.CancelledError:
             raise
         except Exception as error:  # one job's failure must not stop the others
-            failures = self._failures.get(key, 0) + 1
-            self._failures[key] = failures
-            delay = min(60.0, 0.5 * 2 ** min(failures, 7))
+            state = self.state(key)
+            state.failures += 1
+            delay = retry_delay(state.failures)
             self.metrics.reconcile_errors.labels(type(error).__name__).inc()
             logger.exception("reconcile of %s/%s failed (retry in %.1fs)", *key, delay)
             self.enqueue_after(key, delay)
@@ -236,23 +249,6 @@ class Controller:
 
     # ------------------------------------------------------------------ reconcile
 
-    def _expected_pods(self, key: Key, present: set[str]) -> frozenset[str]:
-        now = time.monotonic()
-        expected = self._expected.get(key, {})
-        for name in [n for n, deadline in expected.items() if n in present or deadline < now]:
-            del expected[name]
-        return frozenset(expected)
-
-    def _deleted_pods(self, key: Key, present: set[str], active: Container[str]) -> list[dict[str, Any]]:
-        """The kept finished pods still needed: not back in the watch, not expired, and of a trial whose
-        result is not recorded yet (an `active` trial; so pods the operator prunes itself are not kept)."""
-        now = time.monotonic()
-        deleted = self._deleted_finished.get(key, {})
-        for name in [n for n, (expiry, body) in deleted.items()
-                     if n in present or expiry < now or _trial_of(body) not in active]:
-            del deleted[name]
-        return [body for _, body in deleted.values()]
-
     async def _behind_the_watch(self, key: Key, active: Iterable[Trial], present: set[str]) -> frozenset[str]:
         """Current pods that the watch has not shown yet but the API server has.
 
@@ -260,20 +256,18 @@ class Controller:
         operator replica (during a rolling update) may have created it a moment ago. One GET per
         missing pod, so only in that rare case; a pod found is then expected like one created here.
         """
-        namespace = key[0]
-        expected = self._expected.get(key, {})
+        state = self.state(key)
         missing = [naming.pod_name(t.metadata.name, t.status.attempts) for t in active if t.status.attempts]
         found: set[str] = set()
         for pod in missing:
-            if pod in present or pod in expected:
+            if pod in present or pod in state.expected_pods:
                 continue
             try:
-                await self.client.request("GET", pods_path(namespace, pod))
+                await self.client.request("GET", pods_path(key[0], pod))
             except NotFound:
                 continue
             found.add(pod)
-        deadline = time.monotonic() + EXPECTATION_SECONDS
-        self._expected.setdefault(key, {}).update({pod: deadline for pod in found})
+        state.expect(found, time.monotonic())
         return frozenset(found)
 
     async def reconcile(self, key: Key) -> None:
@@ -310,30 +304,40 @@ class Controller:
 
         # The active Trials' models (the index validates each Trial once) and the final ones' ledger: a
         # long study's finished trials cost nothing more per reconcile.
-        ledger = self._ledger(key)
+        state = self.state(key)
+        ledger = state.fold()
         trials: list[Trial] = [t for t in self.trials.get(key, ()) if t.metadata.name not in ledger]
         active = {t.metadata.name: t for t in trials}
         primary = job.spec.trial_template.primary_container_name
         raw_pods = list(self.pods.get(key, ()))
-        if self._deleted_finished.get(key):
+        clock = time.monotonic()
+        if state.deleted_finished:
             present_pods = {str((p.get("metadata") or {}).get("name")) for p in raw_pods}
-            raw_pods += self._deleted_pods(key, present_pods, active.keys())
+            raw_pods += state.kept_deleted_pods(present_pods, active.keys(), clock)
         pods = [v for v in (pod_view(p, primary) for p in raw_pods) if v is not None]
         present = {p.name for p in pods}
-        expected = self._expected_pods(key, present) | await self._behind_the_watch(key, active.values(), present)
+        expected = state.expected(present, clock) | await self._behind_the_watch(key, active.values(), present)
 
-        observations = await self._observe(key, job, list(active), pods)  # names of the unfinished
+        observations = await self._observe(state, job, list(active), pods)  # names of the unfinished
 
         suggest_started = time.monotonic()
+        rejected = dict(state.rejected)
         result = await asyncio.get_running_loop().run_in_executor(
             None,
             lambda: plan(job, trials, pods, observations, now, self.engine, expected, self.planner_settings, ledger,
-                         claim.others),
+                         claim.others, rejected),
         )
         if result.suggested:
             self.metrics.suggestion_seconds.observe(time.monotonic() - suggest_started)
+        for trial in result.ledger_changes.add:
+            ledger.add(trial)
+        ledger.settle_before(result.ledger_changes.settle_before)
 
-        self._defer_counters(key, old_status, result)
+        hold = (counters_hold_back(old_status, result.status.to_wire(), state.status_written, time.monotonic())
+                if result.status is not None else None)
+        if hold is not None:
+            result.status = None
+            self.enqueue_after(key, hold)
         applied = await self.applier.apply(
             ref,
             result,
@@ -343,10 +347,14 @@ class Controller:
             old_status,
         )
         if result.status is not None:
-            self._status_written[key] = time.monotonic()
-        deadline = time.monotonic() + EXPECTATION_SECONDS
-        self._expected.setdefault(key, {}).update({pod: deadline for pod in applied.created_pods})
-        self._record_metrics(key, job, result, active, applied.created_trials)
+            state.status_written = time.monotonic()
+        state.expect(applied.created_pods, time.monotonic())
+        state.rejected.update(applied.rejected)
+        state.resolve_rejections({a.trial for a in result.of_type(PatchTrialStatus)
+                                  if a.status.get("phase") in FINAL_PHASES})
+        if applied.rejected:
+            self.enqueue(key)  # the next plan fails those trials with the API server's reason
+        self._record_metrics(key, state, job, result, active, applied.created_trials)
         if result.requeue_after is not None:
             self.enqueue_after(key, result.requeue_after)
         if (result.status or job.status).phase not in (TuningJobPhase.SUCCEEDED, TuningJobPhase.FAILED):
@@ -365,57 +373,36 @@ class Controller:
         self.applier.events.record(ref.namespace, self.applier.event_body(ref, event, None))
         self.enqueue_after((ref.namespace, ref.name), STANDBY_RECHECK_SECONDS)
 
-    def _defer_counters(self, key: Key, old_status: dict[str, Any], result: Plan) -> None:
-        """Hold back a job status that changed only in its counters (trial counts, progress, the
-        Running condition's message) if one was written less than COUNTERS_WRITE_SECONDS ago, like the
-        Job controller batches its syncs: a busy job would otherwise write its status on every
-        reconcile. Phase, conditions, best trial and messages are written at once. The status is
-        derived from the Trials, so the reconcile enqueued for the end of the interval writes the
-        counts of that moment."""
-        if result.status is None or _gist(result.status.to_wire()) != _gist(old_status):
-            return
-        wait = self._status_written.get(key, -COUNTERS_WRITE_SECONDS) + COUNTERS_WRITE_SECONDS - time.monotonic()
-        if wait > 0:
-            result.status = None
-            self.enqueue_after(key, wait)
-
-    async def _observe(self, key: Key, job: TuningJob, unfinished: list[str], pods: list[PodView]) -> Observations:
-        """Prometheus is asked only when a decision needs it: curves for early stopping at most once per
-        metrics poll (pod events in between reuse the last answer), and curves and finals of a trial whose
-        pod just finished (its learning curve is recorded in the Trial even without early stopping)."""
-        if not unfinished or self.prometheus is None and job.spec.early_stopping.rule == EarlyStoppingRule.NONE:
+    async def _observe(self, state: JobState, job: TuningJob, unfinished: list[str], pods: list[PodView]
+                       ) -> Observations:
+        spec = job.spec
+        wants_curves = spec.early_stopping.rule != EarlyStoppingRule.NONE or spec.objective.promql is not None
+        asked_at = state.observed[0] if state.observed is not None else None
+        ask = prometheus_needed(wants_curves, self.prometheus is not None, unfinished, pods, asked_at,
+                                time.monotonic(), self.config.metrics_poll_seconds)
+        if ask == Ask.NOTHING:
             return Observations()
-        wants_curves = job.spec.early_stopping.rule != EarlyStoppingRule.NONE or job.spec.objective.promql
-        unfinished_names = set(unfinished)
-        needs_finals = any(p.terminal and p.trial in unfinished_names for p in pods)
-        if not wants_curves and not needs_finals:
-            return Observations()
-        cached = self._observed.get(key)
-        if not needs_finals and cached is not None and time.monotonic() - cached[0] < self.config.metrics_poll_seconds:
-            return cached[1]
+        if ask == Ask.CACHED and state.observed is not None:
+            return state.observed[1]
         asked = time.monotonic()
         observations = await observe_trials(
-            self.prometheus,
-            job.metadata.namespace or "",
-            job.metadata.name,
-            unfinished,
-            job.spec.objective.metric,
-            job.spec.objective.promql,
+            self.prometheus, job.metadata.namespace or "", job.metadata.name, unfinished, spec.objective.metric,
+            spec.objective.promql,
         )
-        self._observed[key] = (asked, observations)
+        state.observed = (asked, observations)
         if observations.problem is not None:  # counted once per query, not per reuse
             self.metrics.prometheus_errors.labels(observations.problem[0]).inc()
         return observations
 
     def _record_metrics(
-        self, key: Key, job: TuningJob, result: Any, active: dict[str, Trial], created: int
+        self, key: Key, state: JobState, job: TuningJob, result: Plan, active: dict[str, Trial], created: int
     ) -> None:
         namespace, name = key
         if created:
             self.metrics.trials_created.labels(namespace, name).inc(created)
-            seen = self._terminal_seen.pop(key, None)
-            if seen is not None:
-                self.metrics.turnover_seconds.observe(time.monotonic() - seen)
+            if state.turnover_started is not None:
+                self.metrics.turnover_seconds.observe(time.monotonic() - state.turnover_started)
+                state.turnover_started = None
         for action in result.actions:
             if isinstance(action, PatchTrialStatus):
                 old = active[action.trial].status.phase if action.trial in active else None
@@ -423,6 +410,9 @@ class Controller:
                 if new in FINAL_PHASES and old not in FINAL_PHASES:
                     self.metrics.trials_finished.labels(namespace, name, new).inc()
         status = result.status or job.status
+        for reason in set(result.not_starting) | state.not_starting_reasons:
+            self.metrics.trials_not_starting.labels(namespace, name, reason).set(result.not_starting[reason])
+        state.not_starting_reasons = set(result.not_starting)
         self.metrics.trials_running.labels(namespace, name).set(status.counts.running)
         self.metrics.trials_pending.labels(namespace, name).set(status.counts.pending)
         if status.best_trial is not None:
@@ -435,35 +425,16 @@ class Controller:
 
     def _forget(self, key: Key) -> None:
         namespace, name = key
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-        self._expected.pop(key, None)
-        self._ledgers.pop(key, None)
-        self._arrived.pop(key, None)
-        self._departed.pop(key, None)
-        self._terminal_seen.pop(key, None)
-        self._deleted_finished.pop(key, None)
-        self._observed.pop(key, None)
-        self._status_written.pop(key, None)
+        self.queue.forget(key)
+        state = self._states.pop(key, None)
+        for reason in state.not_starting_reasons if state is not None else ():
+            self.metrics.trials_not_starting.remove(namespace, name, reason)
         self.leases.forget(key)
-        self._failures.pop(key, None)
         for gauge in (self.metrics.trials_running, self.metrics.trials_pending, self.metrics.best_objective):
             try:
                 gauge.remove(namespace, name)
             except KeyError:
                 pass
-
-
-def _gist(status: dict[str, Any]) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
-    """A job status without its counters: what a client acts on."""
-    conditions = [(c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or []]
-    rest = {k: v for k, v in status.items() if k not in ("counts", "progress", "conditions") and v is not None}
-    return conditions, rest
-
-
-def _trial_of(pod: dict[str, Any]) -> str:
-    return str(((pod.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_TRIAL, ""))
 
 
 def _validation_message(error: ValidationError) -> str:

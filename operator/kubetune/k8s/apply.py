@@ -63,7 +63,8 @@ class ApplyResult:
     created_pods: list[str] = field(default_factory=list)
     created_trials: int = 0
     errors: list[str] = field(default_factory=list)
-    rejected_trials: list[str] = field(default_factory=list)  # their pod was refused for good: trial Failed
+    # Trials whose pod the API server refused for good, and its words: the next plan fails them (PodRejected).
+    rejected: dict[str, str] = field(default_factory=dict)
 
 
 def rejected_for_good(error: ApiError) -> bool:
@@ -192,9 +193,9 @@ class PlanApplier:
         # 1. New trials and their first pods, then retries' pods.
         await asyncio.gather(*(guarded(self._create_trial(job, a, uids, result)) for a in plan.of_type(CreateTrial)))
         await asyncio.gather(*(guarded(self._create_pod(job, a.pod, result)) for a in plan.of_type(CreatePod)))
-        # 2. Trial statuses (after the pods they count exist), except of trials just failed for a rejected
-        #    pod; the job's status with them.
-        patches = [a for a in plan.of_type(PatchTrialStatus) if a.trial not in result.rejected_trials]
+        # 2. Trial statuses (after the pods they count exist), except of trials whose pod was just rejected (the
+        #    next plan fails them); the job's status with them.
+        patches = [a for a in plan.of_type(PatchTrialStatus) if a.trial not in result.rejected]
         writes = [guarded(self._patch_trial(job, a, old_trial_status(a.trial))) for a in patches]
         job_patch = merge_patch(old_job_status, plan.status.to_wire()) if plan.status is not None else None
         if job_patch:
@@ -227,7 +228,7 @@ class PlanApplier:
             )
 
     async def _create_pod(self, job: JobRef, pod: Json, result: ApplyResult) -> bool:
-        """Create a trial's pod; False when the API server refused it for good and the trial was failed instead."""
+        """Create a trial's pod; False when the API server refused it for good (recorded in the result)."""
         try:
             await self.client.create(pods_path(job.namespace), pod)
         except AlreadyExists:
@@ -235,28 +236,12 @@ class PlanApplier:
         except ApiError as error:
             if not rejected_for_good(error):
                 raise
-            await self._reject_trial(job, pod, error, result)
+            trial = pod["metadata"]["labels"][naming.LABEL_TRIAL]
+            logger.warning("%s/%s: pod of trial %s rejected: %s", job.namespace, job.name, trial, error)
+            result.rejected[trial] = f"the API server rejected pod {pod['metadata']['name']}: {error}"
             return False
         result.created_pods.append(pod["metadata"]["name"])
         return True
-
-    async def _reject_trial(self, job: JobRef, pod: Json, error: ApiError, result: ApplyResult) -> None:
-        """Fail the trial with the API server's own words (a template the cluster refuses is not retried)."""
-        labels = pod["metadata"].get("labels") or {}
-        trial = labels[naming.LABEL_TRIAL]
-        logger.warning("%s/%s: pod of trial %s rejected: %s", job.namespace, job.name, trial, error)
-        status = {
-            "phase": "Failed",
-            "reason": "PodRejected",
-            "message": f"the API server rejected pod {pod['metadata']['name']}: {error}"[:2048],
-            "attempts": int(labels.get(naming.LABEL_ATTEMPT, 1)),
-            "completionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-        result.rejected_trials.append(trial)
-        try:
-            await self.client.merge_patch(trials_path(job.namespace, trial, "status"), {"status": status})
-        except NotFound:
-            pass  # deleted meanwhile
 
     async def _patch_job_status(self, job: JobRef, patch: Json) -> None:
         """Only onto the status the plan was made from: a list in the patch (conditions) replaces the

@@ -26,6 +26,10 @@ class OperatorMetrics:
         self.trials_pending = Gauge(
             "kubetune_trials_pending", "Trials waiting for their pod to run.", labels, registry=self.registry
         )
+        self.trials_not_starting = Gauge(
+            "kubetune_trials_not_starting", "Trials whose pod Kubernetes cannot start, by reason (ImagePullBackOff, "
+            "CreateContainerConfigError, Unschedulable, ...).", (*labels, "reason"), registry=self.registry,
+        )
         self.best_objective = Gauge(
             "kubetune_best_objective", "Objective of the best finished trial.", labels, registry=self.registry
         )

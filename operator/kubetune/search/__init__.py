@@ -14,7 +14,11 @@ same inputs and seed give the same answer.
 
 Algorithms: random, grid, bayesian (own Gaussian process), tpe (Optuna),
 cmaes (the `cmaes` library), evolution (own genetic algorithm) and auto
-(exhaustive for small finite spaces, then GP, then TPE; see `_engine`).
+(exhaustive for small finite spaces, then GP, then TPE), one entry each in
+`_engine.SAMPLERS`. Early-stopping rules: none, median, percentile, asha,
+hyperband, one entry each in `_stopping.STOPPING_RULES`. Names, settings and
+descriptions are declared in `kubetune.api.models` (`AlgorithmName`,
+`EarlyStoppingRule`); CONTRIBUTING.md says how to add one.
 """
 
 from kubetune.search._engine import suggest

@@ -12,7 +12,7 @@ from kubetune.search._context import Context
 from kubetune.search._space import Assignment, Dimension, permuted
 
 
-def propose_random(ctx: Context) -> Iterator[Assignment]:
+def propose_random(ctx: Context, _settings: None = None) -> Iterator[Assignment]:
     """Uniform samples; draw k of a call uses seed (job seed, history length + k).
 
     So trial i gets the same point whatever the wave sizes were.
@@ -35,9 +35,8 @@ def enumerate_untried(ctx: Context, points: Callable[[Dimension], Sequence[Param
             yield assignment
 
 
-def propose_grid(ctx: Context) -> Iterator[Assignment]:
+def propose_grid(ctx: Context, settings: GridSettings) -> Iterator[Assignment]:
     """Grid search: categorical/discrete values, step points, or `pointsPerDimension` per numeric axis."""
-    settings = ctx.spec.algorithm.grid or GridSettings()
     per_dimension = settings.points_per_dimension
     cache: dict[str, Sequence[ParameterValue]] = {}
 

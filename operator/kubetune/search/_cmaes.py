@@ -24,10 +24,9 @@ from kubetune.search._context import Context
 from kubetune.search._space import Assignment
 
 
-def propose_cmaes(ctx: Context) -> Iterator[Assignment]:
+def propose_cmaes(ctx: Context, settings: CMAESSettings) -> Iterator[Assignment]:
     import cmaes
 
-    settings = ctx.spec.algorithm.cmaes or CMAESSettings()
     space = ctx.space
     numeric = [i for i, d in enumerate(space.dimensions) if d.is_numeric]
     usable = ctx.usable

@@ -1,17 +1,29 @@
-"""`suggest`: pick the sampler, then fill the wave with distinct, valid, untried points."""
+"""`suggest`: pick the sampler, then fill the wave with distinct, valid, untried points.
+
+Each algorithm is one entry of `SAMPLERS` (algorithm name -> sampler); the
+names, the settings models and what each does are declared once in
+`kubetune.api.models.AlgorithmName`. A sampler gets the context and the
+algorithm's settings (the spec's, else its model's defaults) and yields
+candidate points; `fill_wave` keeps the valid, untried, distinct ones.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from kubetune.api.models import AlgorithmName, BayesianSettings, TPESettings, TuningJobSpec
+from kubetune.api.models import AlgorithmName, TuningJobSpec
 from kubetune.search._basic import enumerate_untried, propose_exhaustive, propose_grid, propose_random
+from kubetune.search._cmaes import propose_cmaes
 from kubetune.search._context import Context
 from kubetune.search._errors import SearchError
+from kubetune.search._evolution import propose_evolution
+from kubetune.search._gp import propose_gp
 from kubetune.search._history import parse_history_keys
 from kubetune.search._space import Assignment, Space, load_spec
+from kubetune.search._tpe import propose_tpe
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +31,15 @@ log = logging.getLogger(__name__)
 # parameters), TPE once the history is long or the space wide.
 AUTO_GP_MAX_TRIALS = 200
 AUTO_GP_MAX_DIMENSIONS = 24
-AUTO_GP_STARTUP = 10
-AUTO_TPE = TPESettings(n_startup_trials=10, n_ei_candidates=24, multivariate=True)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How an algorithm proposes points: `propose(ctx, settings)` yields candidates (it may run dry)."""
+
+    propose: Callable[[Context, Any], Iterator[Assignment]]
+    # When the sampler runs dry, top the wave up from the rest of the space (a grid stops at its points).
+    top_up: bool = True
 
 
 def choose_algorithm(ctx: Context) -> str:
@@ -37,38 +56,29 @@ def choose_algorithm(ctx: Context) -> str:
     if size is not None and size <= ctx.spec.budget.max_trials:
         return "exhaustive"
     if len(ctx.usable) < AUTO_GP_MAX_TRIALS and len(ctx.space) <= AUTO_GP_MAX_DIMENSIONS:
-        return "bayesian"
-    return "tpe"
+        return AlgorithmName.BAYESIAN.value
+    return AlgorithmName.TPE.value
 
 
-def _proposer(ctx: Context, name: str) -> Iterator[Assignment]:
-    auto = ctx.spec.algorithm.name == AlgorithmName.AUTO
-    if name == "random":
-        return propose_random(ctx)
-    if name == "grid":
-        return propose_grid(ctx)
+def propose_auto(ctx: Context, _settings: None = None) -> Iterator[Assignment]:
+    """`auto`: the sampler `choose_algorithm` picks, with its default settings."""
+    name = choose_algorithm(ctx)
     if name == "exhaustive":
         return propose_exhaustive(ctx)
-    if name == "bayesian":
-        from kubetune.search._gp import GPOptions, propose_gp
+    chosen = AlgorithmName(name)
+    settings = chosen.settings_model() if chosen.settings_model is not None else None
+    return SAMPLERS[chosen].propose(ctx, settings)
 
-        if auto:
-            return propose_gp(ctx, GPOptions(n_startup_trials=AUTO_GP_STARTUP))
-        settings = ctx.spec.algorithm.bayesian or BayesianSettings()
-        return propose_gp(ctx, GPOptions(settings.n_startup_trials, settings.acquisition))
-    if name == "tpe":
-        from kubetune.search._tpe import propose_tpe
 
-        return propose_tpe(ctx, AUTO_TPE if auto else None)
-    if name == "cmaes":
-        from kubetune.search._cmaes import propose_cmaes
-
-        return propose_cmaes(ctx)
-    if name == "evolution":
-        from kubetune.search._evolution import propose_evolution
-
-        return propose_evolution(ctx)
-    raise SearchError(f"unknown algorithm {name!r}")  # pragma: no cover - the model rejects it first
+SAMPLERS: dict[AlgorithmName, Sampler] = {
+    AlgorithmName.AUTO: Sampler(propose_auto),
+    AlgorithmName.RANDOM: Sampler(propose_random),
+    AlgorithmName.GRID: Sampler(propose_grid, top_up=False),
+    AlgorithmName.BAYESIAN: Sampler(propose_gp),
+    AlgorithmName.TPE: Sampler(propose_tpe),
+    AlgorithmName.CMAES: Sampler(propose_cmaes),
+    AlgorithmName.EVOLUTION: Sampler(propose_evolution),
+}
 
 
 def _offer(ctx: Context, candidate: Assignment) -> None:
@@ -140,5 +150,7 @@ def suggest(spec: Mapping[str, Any] | TuningJobSpec, history: object, n: int) ->
     if n <= 0:
         return []
     ctx = Context(job, space, observations, taken=tried)
-    name = choose_algorithm(ctx)
-    return fill_wave(ctx, _proposer(ctx, name), n, fallback=name != "grid")
+    sampler = SAMPLERS.get(AlgorithmName(job.algorithm.name))
+    if sampler is None:
+        raise SearchError(f"algorithm {job.algorithm.name!r} has no sampler")
+    return fill_wave(ctx, sampler.propose(ctx, job.algorithm.settings()), n, fallback=sampler.top_up)

@@ -29,8 +29,7 @@ from kubetune.search._space import Assignment, Dimension
 MUTATION_SIGMA = 0.1
 
 
-def propose_evolution(ctx: Context) -> Iterator[Assignment]:
-    settings = ctx.spec.algorithm.evolution or EvolutionSettings()
+def propose_evolution(ctx: Context, settings: EvolutionSettings) -> Iterator[Assignment]:
     usable = ctx.usable
     if len(usable) < settings.population_size:
         yield from propose_random(ctx)

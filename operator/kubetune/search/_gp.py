@@ -34,11 +34,11 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import linalg, optimize, special
 
+from kubetune.api.models import BayesianSettings
 from kubetune.search._context import Context
 from kubetune.search._history import Observation
 from kubetune.search._space import Assignment, FloatArray, Space
@@ -55,12 +55,6 @@ _MIN_NOISE = 1e-6
 _LOG_BOUNDS_W = (math.log(1e-4), math.log(1e4))
 _LOG_BOUNDS_AMP = (math.log(1e-2), math.log(1e2))
 _LOG_BOUNDS_NOISE = (math.log(_MIN_NOISE), math.log(1.0))
-
-
-@dataclass(frozen=True)
-class GPOptions:
-    n_startup_trials: int = 10
-    acquisition: str = "ei"
 
 
 def _matern(s: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -312,10 +306,10 @@ def _startup(ctx: Context) -> Iterator[Assignment]:
         yield result
 
 
-def propose_gp(ctx: Context, options: GPOptions) -> Iterator[Assignment]:
+def propose_gp(ctx: Context, settings: BayesianSettings) -> Iterator[Assignment]:
     """GP suggestions one at a time, each accounting for the in-flight points and earlier picks."""
     usable = ctx.usable
-    if len(usable) < max(options.n_startup_trials, 2) or len({o.key for o in usable}) < 2:
+    if len(usable) < max(settings.n_startup_trials, 2) or len({o.key for o in usable}) < 2:
         yield from _startup(ctx)
         return
     space = ctx.space
@@ -328,7 +322,7 @@ def propose_gp(ctx: Context, options: GPOptions) -> Iterator[Assignment]:
     draw = 0
     while True:
         rows_running = np.array(running).reshape(-1, len(space))
-        score = _acquisition(gp, options.acquisition, rows_running, ctx.rng("fantasies", draw))
+        score = _acquisition(gp, settings.acquisition, rows_running, ctx.rng("fantasies", draw))
         rows = _maximise(space, score, anchors, ctx.rng("gp", draw))
         draw += 1
         chosen = None

@@ -17,10 +17,9 @@ types) raise `SearchError` naming the entry. Values are judged, not rejected:
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -62,17 +61,13 @@ def _number(value: object) -> bool:
 class FrozenEntry(Mapping[str, Any]):
     """A read-only history entry, for a trial whose entry never changes again (it finished).
 
-    Passed again and again (a long study's finished trials, on every wave), it is validated and
-    parsed once per space, not on every call. Equal only to itself.
+    Being read-only is what lets a `History` keep its parse (see `SettledHistory`). Equal only to itself.
     """
 
-    __slots__ = ("_data", "_parsed")
+    __slots__ = ("_data",)
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         self._data = {key: _read_only(value) for key, value in entry.items()}
-        # Its Observation per (space and goal, position in the history), made on first use: they go
-        # with the entry (a SettledHistory keeps its own, so most entries never need this).
-        self._parsed: dict[tuple[int, int], Observation] | None = None
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
@@ -95,20 +90,35 @@ def _read_only(value: Any) -> Any:
     return value
 
 
+# What an entry's Observation depends on besides the entry and its position: the space (None: parameters
+# not checked) and the goal's sign.
+_ParseContext = tuple[tuple[Any, ...] | None, float]
+
+
+@dataclass(slots=True)
+class _Parse:
+    """A history's entries parsed in one context: the settled ones, and the frozen ones of the open part."""
+
+    settled: list[Observation] = field(default_factory=list)  # position i: settled entry i
+    settled_keys: set[Key] = field(default_factory=set)  # of those at points of the space
+    frozen_open: dict[int, tuple[FrozenEntry, Observation]] = field(default_factory=dict)  # by position
+
+
 class SettledHistory:
-    """The finished start of a long study's history, grown only at its end: each entry is parsed once
-    per space and goal, so a call costs the entries added since the last one, not the whole study.
+    """The finished start of a long study's history, grown only at its end, and the one parse cache of
+    the search engine: a `History` over it has each settled entry, and each FrozenEntry of its open part,
+    parsed once per space and goal, so a call costs the entries added since the last one, not the whole
+    study.
 
     `entries[i]` is the history's position i; a caller appends an entry once the trial is final and
     every earlier trial is too (later entries go in the `open` part of a `History`).
     """
 
-    __slots__ = ("entries", "_parsed")
+    __slots__ = ("entries", "_parses")
 
     def __init__(self) -> None:
         self.entries: list[FrozenEntry] = []
-        # Per context token: the entries' Observations so far and the keys of those at points of the space.
-        self._parsed: dict[int, tuple[list[Observation], set[Key]]] = {}
+        self._parses: dict[_ParseContext, _Parse] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -116,18 +126,20 @@ class SettledHistory:
     def append(self, entry: Mapping[str, Any]) -> None:
         self.entries.append(entry if isinstance(entry, FrozenEntry) else FrozenEntry(entry))
 
-    def parsed(self, space: Space | None, sign: float) -> tuple[list[Observation], set[Key]]:
-        """The entries' Observations and tried keys (shared: callers copy before changing them)."""
-        token = _context_token(space, sign)
-        if len(self._parsed) > 4 and token not in self._parsed:  # a spec edit: older spaces are not asked again
-            self._parsed.clear()
-        observations, keys = self._parsed.setdefault(token, ([], set()))
-        for index in range(len(observations), len(self.entries)):
-            observation = _parse_entry(space, sign, index, self.entries[index])
-            observations.append(observation)
+    def _parse(self, space: Space | None, sign: float) -> _Parse:
+        """This context's parse, brought up to the settled entries (shared: callers copy before changing)."""
+        context = (space.dimensions if space is not None else None, sign)
+        if len(self._parses) > 4 and context not in self._parses:  # a spec edit: older spaces are not asked again
+            self._parses.clear()
+        parse = self._parses.setdefault(context, _Parse())
+        for index in range(len(parse.settled), len(self.entries)):
+            entry = self.entries[index]
+            seen = parse.frozen_open.pop(index, None)  # parsed while it waited in the open part
+            observation = seen[1] if seen is not None and seen[0] is entry else _parse_entry(space, sign, index, entry)
+            parse.settled.append(observation)
             if observation.key is not None:
-                keys.add(observation.key)
-        return observations, keys
+                parse.settled_keys.add(observation.key)
+        return parse
 
 
 class History(Sequence[Mapping[str, Any]]):
@@ -152,50 +164,37 @@ class History(Sequence[Mapping[str, Any]]):
         return self.settled.entries[position] if 0 <= position < settled else self.open[position - settled]
 
 
-_contexts: dict[tuple[Any, float], int] = {}
-_new_tokens = itertools.count()
-
-
-def _context_token(space: Space | None, sign: float) -> int:
-    """A small number per distinct (space, goal): cheaper to hash than the space on every entry."""
-    context = (space.dimensions if space is not None else None, sign)
-    token = _contexts.get(context)
-    if token is None:
-        if len(_contexts) >= 1024:  # tokens are never reused, so stale memo entries only miss
-            _contexts.clear()
-        token = _contexts[context] = next(_new_tokens)
-    return token
-
-
 def parse_history(space: Space | None, goal: Goal | str, history: object) -> list[Observation]:
     """Validate `history` and orient its values (`space=None`: parameters are not checked)."""
     return parse_history_keys(space, goal, history)[0]
 
 
 def parse_history_keys(space: Space | None, goal: Goal | str, history: object) -> tuple[list[Observation], set[Key]]:
-    """`parse_history`, and the keys of its points of the space (a new set: the tried points)."""
+    """`parse_history`, and the keys of its points of the space (a new set: the tried points).
+
+    A `History` is parsed through its SettledHistory's cache; any other sequence entry by entry.
+    """
     if not isinstance(history, Sequence) or isinstance(history, (str, bytes)):
         raise SearchError(f"history must be a list of trial entries, got {type(history).__name__}")
     sign = -1.0 if Goal(goal) == Goal.MAXIMIZE else 1.0
-    token = _context_token(space, sign)
-    observations: list[Observation] = []
-    keys: set[Key] = set()
-    entries: Sequence[Any] = history
-    if isinstance(history, History):  # the settled part is parsed already, but for its new entries
-        settled, settled_keys = history.settled.parsed(space, sign)
-        observations, keys, entries = list(settled), set(settled_keys), history.open
-    for index, entry in enumerate(entries, len(observations)):
-        if isinstance(entry, FrozenEntry):
-            memo = entry._parsed if entry._parsed is not None else {}
-            entry._parsed = memo
-            if (token, index) not in memo:
-                memo[(token, index)] = _parse_entry(space, sign, index, entry)
-            observation = memo[(token, index)]
+    if not isinstance(history, History):
+        observations = [_parse_entry(space, sign, index, entry) for index, entry in enumerate(history)]
+        return observations, {o.key for o in observations if o.key is not None}
+    parse = history.settled._parse(space, sign)
+    observations, keys = list(parse.settled), set(parse.settled_keys)
+    frozen_open: dict[int, tuple[FrozenEntry, Observation]] = {}
+    for index, entry in enumerate(history.open, len(observations)):
+        seen = parse.frozen_open.get(index)
+        if seen is not None and seen[0] is entry:
+            observation = seen[1]
         else:
             observation = _parse_entry(space, sign, index, entry)
+        if isinstance(entry, FrozenEntry):
+            frozen_open[index] = (entry, observation)
         observations.append(observation)
         if observation.key is not None:
             keys.add(observation.key)
+    parse.frozen_open = frozen_open  # only what this history still holds
     return observations, keys
 
 

@@ -7,6 +7,15 @@ value counts as the worst possible. Values are compared in the goal's
 direction; `StopDecision.value`/`threshold` are reported as the trial
 reported them.
 
+Each rule is one entry of `STOPPING_RULES` (rule name -> decision function);
+the names, how each decides and the fields each needs are declared once in
+`kubetune.api.models.EarlyStoppingRule`. A rule with no entry here is an
+error, never a silent fallback to another rule.
+
+No rule stops a trial at or past the last step of a full trial, where stopping
+saves nothing: `maxResource` when set, else the highest step a Succeeded trial
+reported (trials that all run the same number of steps end there).
+
 median (Vizier's median stopping rule, as Katib's medianstop): a trial whose
     latest step s >= minResource is stopped when its best value so far is
     strictly worse than the median, over other trials that have reported a
@@ -15,6 +24,9 @@ median (Vizier's median stopping rule, as Katib's medianstop): a trial whose
     MedianPruner (completed trials only, value at exactly s), still-running
     trials that already passed s count too, so parallel trials can be compared
     before any finishes; `minTrials` keeps early calls conservative.
+percentile (as Optuna's PercentilePruner generalises its MedianPruner): median
+    with the `percentile`-th percentile of those running averages (linear
+    interpolation, smaller is better) as the bar; 50 is median.
 asha (asynchronous successive halving, stopping variant as Optuna's
     SuccessiveHalvingPruner): rungs at minResource * eta^k below maxResource.
     A trial is judged at the highest rung it has reached, by its value at the
@@ -23,8 +35,7 @@ asha (asynchronous successive halving, stopping variant as Optuna's
     when fewer than eta trials have reached the rung). Being a pure function of
     the history, the judgement is repeated on each call: a trial that was in the
     top fraction when it got to a rung is stopped if enough better trials reach
-    that rung before it reaches the next one. A trial that has reported
-    maxResource is never stopped.
+    that rung before it reaches the next one.
 hyperband: brackets b = 0..s_max (s_max = floor(log_eta(max / min))); bracket b
     runs ASHA with its first rung at minResource * eta^b (the last bracket has
     at most one rung, none when maxResource = minResource * eta^s_max). Trial i
@@ -38,11 +49,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from kubetune.api.models import EarlyStopDecision, EarlyStopping, EarlyStoppingRule, Goal, TrialPhase, TuningJobSpec
+from kubetune.search._errors import SearchError
 from kubetune.search._history import Observation, parse_history
 from kubetune.search._space import load_spec
 
@@ -82,7 +96,10 @@ def _value_at(curve: Sequence[tuple[float, float]], rung: float) -> float | None
     return next((_loss(v) for s, v in curve if s >= rung), None)
 
 
-def _median(rule: EarlyStopping, trials: list[Observation], sign: float) -> list[StopDecision]:
+def _below_bar(
+    rule: EarlyStopping, trials: list[Observation], sign: float, bar: Callable[[list[float]], float]
+) -> list[StopDecision]:
+    """Running trials whose best value so far is worse than `bar` of their peers' running averages."""
     decisions = []
     for trial in trials:
         if trial.state != TrialPhase.RUNNING or not trial.curve:
@@ -99,11 +116,21 @@ def _median(rule: EarlyStopping, trials: list[Observation], sign: float) -> list
         ]
         if len(averages) < rule.min_trials:
             continue
-        threshold = statistics.median(averages)
+        threshold = bar(averages)
         best = _best_so_far(trial.curve, step)
         if best > threshold:
-            decisions.append(StopDecision(trial.index, "median", step, sign * best, sign * threshold))
+            decisions.append(StopDecision(trial.index, rule.rule, step, sign * best, sign * threshold))
     return decisions
+
+
+def _median(rule: EarlyStopping, trials: list[Observation], sign: float) -> list[StopDecision]:
+    return _below_bar(rule, trials, sign, statistics.median)
+
+
+def _percentile(rule: EarlyStopping, trials: list[Observation], sign: float) -> list[StopDecision]:
+    percentile = rule.percentile
+    assert percentile is not None  # the model requires it for this rule
+    return _below_bar(rule, trials, sign, lambda averages: float(np.percentile(averages, percentile)))
 
 
 def _rungs(min_resource: float, max_resource: float, eta: int, first: int) -> list[float]:
@@ -118,11 +145,10 @@ def _rungs(min_resource: float, max_resource: float, eta: int, first: int) -> li
 def _successive_halving(
     trials: list[Observation], rungs: list[float], rule: EarlyStopping, sign: float
 ) -> list[StopDecision]:
-    assert rule.max_resource is not None
     eta = rule.reduction_factor
     decisions = []
     for trial in trials:
-        if trial.state != TrialPhase.RUNNING or not trial.curve or trial.curve[-1][0] >= rule.max_resource:
+        if trial.state != TrialPhase.RUNNING or not trial.curve:
             continue
         reached = [r for r in rungs if trial.curve[-1][0] >= r]
         if not reached:
@@ -158,6 +184,47 @@ def bracket_of(index: int, cumulative: Sequence[float]) -> int:
     return next(b for b, edge in enumerate(cumulative) if position < edge or b == len(cumulative) - 1)
 
 
+def _asha(rule: EarlyStopping, trials: list[Observation], sign: float) -> list[StopDecision]:
+    assert rule.max_resource is not None  # the model requires it for this rule
+    rungs = _rungs(rule.min_resource, rule.max_resource, rule.reduction_factor, 0)
+    return _successive_halving(trials, rungs, rule, sign)
+
+
+def _hyperband(rule: EarlyStopping, trials: list[Observation], sign: float) -> list[StopDecision]:
+    assert rule.max_resource is not None  # the model requires it for this rule
+    cumulative = hyperband_brackets(rule)
+    decisions: list[StopDecision] = []
+    for bracket in range(len(cumulative)):
+        members = [t for t in trials if bracket_of(t.index, cumulative) == bracket]
+        rungs = _rungs(rule.min_resource, rule.max_resource, rule.reduction_factor, bracket)
+        decisions += _successive_halving(members, rungs, rule, sign)
+    return decisions
+
+
+def _never(rule: EarlyStopping, trials: list[Observation], sign: float) -> list[StopDecision]:
+    return []
+
+
+# A rule's decision: (its settings, the trials that count: all but Failed ones, with values turned into
+# losses, and the sign that turns a loss back into the value as reported) -> the Running trials it stops.
+Decide = Callable[[EarlyStopping, list[Observation], float], list[StopDecision]]
+
+STOPPING_RULES: dict[EarlyStoppingRule, Decide] = {
+    EarlyStoppingRule.NONE: _never,
+    EarlyStoppingRule.MEDIAN: _median,
+    EarlyStoppingRule.PERCENTILE: _percentile,
+    EarlyStoppingRule.ASHA: _asha,
+    EarlyStoppingRule.HYPERBAND: _hyperband,
+}
+
+
+def last_step(rule: EarlyStopping, trials: Sequence[Observation]) -> float:
+    """The step a full trial ends at: maxResource, else the highest step a Succeeded trial reported (inf: none)."""
+    if rule.max_resource is not None:
+        return float(rule.max_resource)
+    return max((t.curve[-1][0] for t in trials if t.state == TrialPhase.SUCCEEDED and t.curve), default=math.inf)
+
+
 def stop_decisions(spec: Mapping[str, Any] | TuningJobSpec, history: object) -> list[StopDecision]:
     """The Running trials the job's early-stopping rule stops now, with what decided each.
 
@@ -166,24 +233,15 @@ def stop_decisions(spec: Mapping[str, Any] | TuningJobSpec, history: object) -> 
     job = load_spec(spec)
     observations = parse_history(None, job.objective.goal, history)
     rule = job.early_stopping
+    decide = STOPPING_RULES.get(EarlyStoppingRule(rule.rule))
+    if decide is None:
+        raise SearchError(f"early-stopping rule {rule.rule!r} has no decision function")
     sign = -1.0 if Goal(job.objective.goal) == Goal.MAXIMIZE else 1.0
     trials = [o for o in observations if o.state != TrialPhase.FAILED]
-    name = EarlyStoppingRule(rule.rule)
-    if name == EarlyStoppingRule.NONE:
-        return []
-    if name == EarlyStoppingRule.MEDIAN:
-        return _median(rule, trials, sign)
-    assert rule.max_resource is not None  # the model requires it for asha and hyperband
-    eta = rule.reduction_factor
-    if name == EarlyStoppingRule.ASHA:
-        return _successive_halving(trials, _rungs(rule.min_resource, rule.max_resource, eta, 0), rule, sign)
-    cumulative = hyperband_brackets(rule)
-    decisions: list[StopDecision] = []
-    for bracket in range(len(cumulative)):
-        members = [t for t in trials if bracket_of(t.index, cumulative) == bracket]
-        rungs = _rungs(rule.min_resource, rule.max_resource, eta, bracket)
-        decisions += _successive_halving(members, rungs, rule, sign)
-    return sorted(decisions, key=lambda d: d.index)
+    end = last_step(rule, trials)
+    # A trial that ran its full length has nothing left to save: never stopped, whatever the rule.
+    finished = {t.index for t in trials if t.curve and t.curve[-1][0] >= end}
+    return sorted((d for d in decide(rule, trials, sign) if d.index not in finished), key=lambda d: d.index)
 
 
 def stop(spec: Mapping[str, Any] | TuningJobSpec, history: object) -> list[int]:

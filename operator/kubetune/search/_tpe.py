@@ -17,49 +17,37 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-
 from kubetune.api.models import ParameterType, TPESettings
 from kubetune.search._context import Context
 from kubetune.search._space import Assignment, Dimension, Kind, Space
 
-_PATCH_LOCK = threading.Lock()
-_PATCH_DEPTH = 0
-_SAVED: tuple[Any, int] = (None, logging.NOTSET)
+_QUIET_LOCK = threading.Lock()
+_QUIET_DEPTH = 0
+_SAVED_LEVEL = logging.NOTSET
 
 
 @contextmanager
-def _quiet_and_fast() -> Iterator[None]:
-    """Silence Optuna's logs and warnings, and vectorise its TPE normal log-CDF while we run.
+def _quiet() -> Iterator[None]:
+    """Optuna's logs (a line per study) and experimental-feature warnings, silenced while we run.
 
-    Optuna computes log Phi element by element in Python (most of a TPE ask
-    with 1,000 trials); scipy's `log_ndtr` is the same function in C. The
-    patch is undone when the last concurrent caller leaves.
+    The level is restored when the last concurrent caller leaves.
     """
-    global _PATCH_DEPTH, _SAVED
-    from optuna.samplers._tpe import _truncnorm
-    from scipy import special
-
+    global _QUIET_DEPTH, _SAVED_LEVEL
     logger = logging.getLogger("optuna")
-    with _PATCH_LOCK:
-        if _PATCH_DEPTH == 0:
-            _SAVED = (getattr(_truncnorm, "_log_ndtr", None), logger.level)
-            if _SAVED[0] is not None:
-                _truncnorm._log_ndtr = lambda a: special.log_ndtr(np.asarray(a, dtype=float))
+    with _QUIET_LOCK:
+        if _QUIET_DEPTH == 0:
+            _SAVED_LEVEL = logger.level
             logger.setLevel(logging.WARNING)
-        _PATCH_DEPTH += 1
+        _QUIET_DEPTH += 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        with _PATCH_LOCK:
-            _PATCH_DEPTH -= 1
-            if _PATCH_DEPTH == 0:
-                original, level = _SAVED
-                if original is not None:
-                    _truncnorm._log_ndtr = original
-                logger.setLevel(level)
+        with _QUIET_LOCK:
+            _QUIET_DEPTH -= 1
+            if _QUIET_DEPTH == 0:
+                logger.setLevel(_SAVED_LEVEL)
 
 
 def _distribution(dim: Dimension) -> Any:
@@ -97,14 +85,13 @@ def _from_optuna(space: Space, params: dict[str, Any]) -> Assignment:
     return result
 
 
-def propose_tpe(ctx: Context, settings: TPESettings | None = None) -> Iterator[Assignment]:
+def propose_tpe(ctx: Context, settings: TPESettings) -> Iterator[Assignment]:
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    settings = settings or ctx.spec.algorithm.tpe or TPESettings()
     space = ctx.space
     distributions = {d.name: _distribution(d) for d in space.dimensions}
-    with _quiet_and_fast():
+    with _quiet():
         sampler = optuna.samplers.TPESampler(
             seed=ctx.seed_for("tpe"),
             n_startup_trials=settings.n_startup_trials,
@@ -127,7 +114,7 @@ def propose_tpe(ctx: Context, settings: TPESettings | None = None) -> Iterator[A
         study.add_trials(trials)
 
     while True:
-        with _quiet_and_fast():
+        with _quiet():
             trial = study.ask()
             for dim in space.dimensions:
                 if space.is_active(dim, trial.params):  # parents are categorical: same value

@@ -43,10 +43,21 @@ def test_restart_pending_keeps_the_pod_running() -> None:
     assert rec.wants_restart(1) and not rec.wants_restart(0)
     c = rec.containers[0]
     c.state, c.wait_reason, c.next_start = "waiting", "CrashLoopBackOff", 1e12
+    c.last_terminated = {"exitCode": 1, "reason": "Error"}  # it ran before: waiting to restart counts as stopped
     assert rec.compute_phase() == "Running"
     rec.terminating = True  # deletion cancels the restart
     assert not rec.wants_restart(1)
     assert rec.compute_phase() == "Failed"
+
+
+def test_a_container_that_never_ran_keeps_the_pod_pending() -> None:
+    """As the kubelet: CreateContainerConfigError (a missing Secret) before the first start is Pending, not
+    Running, even once the pod has a start time."""
+    rec = record()
+    rec.start_time = "2026-12-04T00:00:00Z"
+    c = rec.containers[0]
+    c.state, c.wait_reason, c.next_start = "waiting", "CreateContainerConfigError", 1e12
+    assert rec.compute_phase() == "Pending"
 
 
 def test_deadline_exceeded_fails_even_on_exit_zero() -> None:
