@@ -1,0 +1,108 @@
+"""The operator with its trials on the real node: shell trials in containers of the node's busybox
+image (the project's own images come from the image pipeline), and trials whose containers the
+kubelet cannot start - a wrong image tag, a root image under the operator's runAsNonRoot default.
+The operator runs as a process on the host, as in tests/e2e/test_operator.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+from kubetune_harness import Cluster, OperatorProcess, condition, fresh_namespace, install_crds, wait_for
+
+from kubetune_dev.cluster import ClusterInfo
+from kubetune_dev.realcluster import node_images
+
+pytestmark = pytest.mark.realnode
+
+# Positional arguments keep ${params.x} out of the script text (it is substituted literally).
+TRIAL_SCRIPT = 'sleep 1; printf \'{"status":"completed","metrics":{"score":%s}}\' "$1" > /dev/termination-log'
+
+
+@pytest.fixture(scope="module")
+def real_tuning(
+    real_cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Cluster, OperatorProcess]]:
+    api = config.new_client_from_config(config_file=str(real_cluster.kubeconfig))
+    install_crds(api)
+    namespace = fresh_namespace(client.CoreV1Api(api), "real-tune")
+    operator = OperatorProcess(
+        real_cluster.kubeconfig,
+        real_cluster.prometheus_url,
+        tmp_path_factory.mktemp("operator") / "operator.log",
+        KUBETUNE_NAMESPACES=namespace,
+    )
+    operator.start()
+    yield Cluster(api, namespace), operator
+    operator.stop()
+    client.CoreV1Api(api).delete_namespace(namespace)
+    api.close()
+
+
+def shell_job(name: str, image: str, **budget: int) -> dict[str, Any]:
+    container = {"name": "trial", "image": image, "command": ["sh", "-c", TRIAL_SCRIPT, "trial", "${params.x}"]}
+    return {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "TuningJob",
+        "metadata": {"name": name},
+        "spec": {
+            "objective": {"metric": "score", "goal": "maximize"},
+            "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
+            "budget": {"maxTrials": 4, "parallelism": 2, **budget},
+            "trialTemplate": {"template": {"spec": {"containers": [container]}}},
+        },
+    }
+
+
+def test_a_job_of_container_trials_succeeds_on_the_real_node(
+    real_cluster: ClusterInfo, real_tuning: tuple[Cluster, OperatorProcess]
+) -> None:
+    cluster, operator = real_tuning
+    image = node_images(real_cluster.bin_dir)["busybox-nonroot"].name
+    cluster.create_job(shell_job("shells", image))
+    job = cluster.wait_finished("shells", timeout=300)
+    assert job["status"]["phase"] == "Succeeded", (job["status"], operator.log_tail())
+    trials = cluster.trials("shells")
+    assert len(trials) == 4 and all(t["status"]["phase"] == "Succeeded" for t in trials)
+    best = max(trials, key=lambda t: t["status"]["metrics"]["score"])
+    assert job["status"]["bestTrial"]["name"] == best["metadata"]["name"]
+    for pod in cluster.pods("shells"):
+        assert pod.spec.node_name == real_cluster.node_name
+        status = pod.status.container_statuses[0]
+        assert status.container_id.startswith("containerd://")
+        assert status.image_id.startswith("sha256:") or "@sha256:" in status.image_id
+        # The operator's restricted defaults reached the runtime: the container ran as the image's user.
+        assert pod.spec.security_context.run_as_non_root is True
+
+
+@pytest.mark.parametrize("case", ["wrong-tag", "root-image"])
+def test_trials_the_kubelet_cannot_start_say_why_and_fail_after_the_timeout(
+    real_cluster: ClusterInfo, real_tuning: tuple[Cluster, OperatorProcess], case: str
+) -> None:
+    cluster, operator = real_tuning
+    images = node_images(real_cluster.bin_dir)
+    if case == "wrong-tag":
+        image, reasons = "kubetune.local/busybox:no-such-tag", {"ErrImagePull", "ImagePullBackOff"}
+    else:
+        image, reasons = images["busybox"].name, {"CreateContainerConfigError"}
+    manifest = shell_job(case, image, maxTrials=2, maxFailedTrials=1)
+    manifest["spec"]["trialTemplate"]["notStartingTimeoutSeconds"] = 20
+    cluster.create_job(manifest)
+
+    def shown() -> dict[str, Any] | None:
+        found = condition(cluster.job(case), "TrialsNotStarting")
+        return found if found and found["status"] == "True" else None
+
+    shown_condition = wait_for("the job's TrialsNotStarting condition", shown, timeout=120)
+    assert shown_condition["reason"] in reasons, shown_condition
+    if case == "wrong-tag":
+        assert image in shown_condition["message"], shown_condition
+    else:
+        assert "runAsNonRoot and image will run as root" in shown_condition["message"], shown_condition
+        assert "runAsUser" in shown_condition["message"], shown_condition  # the fix is named
+    job = cluster.wait_finished(case, timeout=300)
+    assert job["status"]["phase"] == "Failed", (job["status"], operator.log_tail())
+    assert condition(job, "Failed")["reason"] == "TooManyFailedTrials"
+    assert all(t["status"]["phase"] == "Failed" and t["status"]["reason"] in reasons for t in cluster.trials(case))
