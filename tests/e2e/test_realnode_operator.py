@@ -106,3 +106,31 @@ def test_trials_the_kubelet_cannot_start_say_why_and_fail_after_the_timeout(
     assert job["status"]["phase"] == "Failed", (job["status"], operator.log_tail())
     assert condition(job, "Failed")["reason"] == "TooManyFailedTrials"
     assert all(t["status"]["phase"] == "Failed" and t["status"]["reason"] in reasons for t in cluster.trials(case))
+
+
+def test_a_trial_over_its_memory_limit_is_retried_then_fails_as_oom_killed(
+    real_cluster: ClusterInfo, real_tuning: tuple[Cluster, OperatorProcess]
+) -> None:
+    """The kernel kills the trial's main process at its cgroup's limit; the kubelet reports exit 137
+    OOMKilled; the operator retries per trialTemplate.retries, then fails the trial with that reason."""
+    cluster, operator = real_tuning
+    image = node_images(real_cluster.bin_dir)["busybox-nonroot"].name
+    manifest = shell_job("hungry", image, maxTrials=1, parallelism=1, maxFailedTrials=1)
+    template = manifest["spec"]["trialTemplate"]
+    template["retries"] = 1
+    container = template["template"]["spec"]["containers"][0]
+    container["command"] = ["sh", "-c", "exec dd if=/dev/zero of=/dev/null bs=256M count=4"]
+    container["resources"] = {"limits": {"memory": "64Mi"}}
+    cluster.create_job(manifest)
+    job = cluster.wait_finished("hungry", timeout=300)
+    assert job["status"]["phase"] == "Failed", (job["status"], operator.log_tail())
+    (trial,) = cluster.trials("hungry")
+    assert trial["status"]["phase"] == "Failed" and trial["status"]["reason"] == "OOMKilled", trial["status"]
+    assert trial["status"]["attempts"] == 2
+    pods = cluster.pods("hungry")
+    assert len(pods) == 2
+    for pod in pods:
+        terminated = pod.status.container_statuses[0].state.terminated
+        assert (terminated.exit_code, terminated.reason) == (137, "OOMKilled")
+    reasons = [e.reason for e in cluster.events(trial["metadata"]["name"])]
+    assert "TrialRetried" in reasons and "TrialFailed" in reasons, reasons
