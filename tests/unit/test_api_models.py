@@ -85,11 +85,56 @@ def test_valid_spec_parses_with_defaults() -> None:
         ("trialTemplate.template.spec.containers", [], "containers"),
         ("trialTemplate.metricsPort", 70000, "trialTemplate.metricsPort"),
         ("objective.unknownField", 1, "objective.unknownField"),
+        ("objective", DELETE, "set exactly one of objective and objectives"),
+        ("objectives", [{"metric": "loss", "goal": "minimize"}], "set exactly one of objective and objectives"),
+        ("objective.metric", "kubetune:gpu_seconds", "must be a metric the trial reports"),
+        ("objective.metric", "kubetune:energy", "objective.metric"),
     ],
 )
 def test_invalid_spec_names_the_problem(path: str, value: Any, message: str) -> None:
     with pytest.raises(ValidationError) as error:
         TuningJobSpec.model_validate(spec_with(path, value))
+    assert message in str(error.value)
+
+
+TWO = [{"metric": "val_accuracy", "goal": "maximize"}, {"metric": "kubetune:gpu_seconds", "goal": "minimize"}]
+
+
+def multi(objectives: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = copy.deepcopy(BASE)
+    del spec["objective"]
+    spec["objectives"] = objectives
+    return spec
+
+
+def test_objectives_normalise_to_one_list_with_a_primary() -> None:
+    single = TuningJobSpec.model_validate(BASE)
+    assert [o.metric for o in single.objective_list] == ["val_accuracy"] and not single.multi_objective
+    assert single.primary_objective is single.objective
+    two = TuningJobSpec.model_validate(multi(TWO))
+    assert [o.metric for o in two.objective_list] == ["val_accuracy", "kubetune:gpu_seconds"]
+    assert two.multi_objective and two.primary_objective.metric == "val_accuracy"
+    assert two.objective_list[1].builtin and two.objective_list[1].sign == 1.0 and two.objective_list[0].sign == -1.0
+    marked = TuningJobSpec.model_validate(multi([{"metric": "latency", "goal": "minimize"},
+                                                 {"metric": "val_accuracy", "goal": "maximize", "primary": True}]))
+    assert marked.primary_objective.metric == "val_accuracy"
+    assert TuningJobSpec.model_validate(two.to_wire()) == two
+
+
+@pytest.mark.parametrize(
+    ("objectives", "message"),
+    [
+        ([TWO[0], {"metric": "val_accuracy", "goal": "minimize"}], "metric names must be distinct"),
+        ([{"metric": f"m{i}", "goal": "minimize"} for i in range(5)], "objectives"),
+        ([], "objectives"),
+        ([TWO[1], TWO[0]], "primary objective (kubetune:gpu_seconds) must be a metric the trial reports"),
+        ([{**TWO[0], "primary": True}, {"metric": "loss", "goal": "minimize", "primary": True}], "at most one"),
+        ([TWO[0], {**TWO[1], "promql": "up"}], "take no promql"),
+    ],
+)
+def test_bad_objectives_are_rejected(objectives: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(ValidationError) as error:
+        TuningJobSpec.model_validate(multi(objectives))
     assert message in str(error.value)
 
 

@@ -401,6 +401,9 @@ CHANGED_SETTINGS = {  # one setting off its default, per algorithm that has sett
     "tpe": {"nStartupTrials": 3},
     "cmaes": {"nStartupTrials": 3},
     "evolution": {"populationSize": 4},
+    "nsga2": {"populationSize": 4},
+    "motpe": {"nStartupTrials": 3},
+    "parego": {"nStartupTrials": 3},
 }
 
 

@@ -187,6 +187,8 @@ def build_crds() -> dict[str, Schema]:
             {"name": "Running", "type": "integer", "jsonPath": ".status.counts.running"},
             {"name": "Best", "type": "string", "jsonPath": ".status.bestObjectiveRounded",
              "description": "The best trial's objective, rounded (full value: .status.bestTrial.objective)"},
+            {"name": "Front", "type": "integer", "jsonPath": ".status.paretoFrontSize",
+             "description": "Trials on the Pareto front (several objectives)"},
             {"name": "Algorithm", "type": "string", "jsonPath": ".spec.algorithm.name", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],

@@ -29,6 +29,16 @@ API_VERSION = f"{GROUP}/{VERSION}"
 # to a lowercase identifier: no two names can collide once upper-cased.
 PARAMETER_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 METRIC_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+# Cost metrics the operator computes itself from the trial's pods (no user code): see `BUILTIN_METRICS`.
+BUILTIN_METRIC_PREFIX = "kubetune:"
+GPU_SECONDS = "kubetune:gpu_seconds"
+WALL_SECONDS = "kubetune:wall_seconds"
+BUILTIN_METRICS = {
+    GPU_SECONDS: "requested nvidia.com/gpu x running seconds, summed over the trial's pods (from pod status times)",
+    WALL_SECONDS: "running seconds summed over the trial's pods (from pod status times)",
+}
+OBJECTIVE_METRIC_PATTERN = r"^([a-zA-Z_][a-zA-Z0-9_]*|kubetune:(gpu_seconds|wall_seconds))$"
+MAX_OBJECTIVES = 4
 MAX_PARAMETERS = 64
 MAX_VALUES = 256
 # int bounds are stored as JSON numbers (doubles): beyond 2^53 they are not exact, and the search
@@ -76,10 +86,21 @@ class Goal(StrEnum):
 class Objective(KubeModel):
     """What a trial is judged by."""
 
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            ("!self.metric.startsWith('kubetune:') || !has(self.promql)",
+             "built-in kubetune: metrics are computed by the operator and take no promql"),
+        )
+    )
+
     metric: str = Field(
         max_length=63,
-        pattern=METRIC_NAME_PATTERN,
-        description="Name of the metric to optimise, as the trial reports it (e.g. val_accuracy).",
+        pattern=OBJECTIVE_METRIC_PATTERN,
+        description=(
+            "Name of the metric to optimise, as the trial reports it (e.g. val_accuracy), or a cost the operator "
+            "computes from the trial's pods: "
+            + " ".join(f"{name}: {text}." for name, text in BUILTIN_METRICS.items())
+        ),
     )
     goal: Goal = Field(description="Whether a larger (maximize) or smaller (minimize) value is better.")
     target: float | None = Field(
@@ -107,6 +128,30 @@ class Objective(KubeModel):
             "last samples still count."
         ),
     )
+
+    primary: bool = Field(
+        default=False,
+        description=(
+            "In objectives (several): the objective that early stopping, target and status.bestTrial follow "
+            "(default: the first). At most one; it must be a metric the trial reports, not a kubetune: cost."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_builtin(self) -> Objective:
+        if self.metric.startswith(BUILTIN_METRIC_PREFIX) and self.promql is not None:
+            raise ValueError(f"objective {self.metric}: built-in kubetune: metrics take no promql")
+        return self
+
+    @property
+    def builtin(self) -> bool:
+        """A cost the operator computes from the trial's pods (kubetune:...)."""
+        return self.metric.startswith(BUILTIN_METRIC_PREFIX)
+
+    @property
+    def sign(self) -> float:
+        """+1 for minimize, -1 for maximize: `sign * value` is smaller-is-better."""
+        return -1.0 if self.goal == Goal.MAXIMIZE else 1.0
 
     def is_better(self, candidate: float, incumbent: float) -> bool:
         """True when `candidate` beats `incumbent` under this goal."""
@@ -302,6 +347,24 @@ class EvolutionSettings(KubeModel):
     tournament_size: int = Field(default=3, ge=1, le=100, description="Contestants per parent selection.")
 
 
+class NSGA2Settings(KubeModel):
+    """Settings of NSGA-II."""
+
+    population_size: int = Field(
+        default=20, ge=2, le=10000, description="Parents kept by non-dominated rank and crowding distance."
+    )
+    crossover_rate: float = Field(default=0.9, ge=0, le=1, description="Probability of simulated binary crossover.")
+    mutation_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Per-parameter mutation probability (default 1/number of parameters)."
+    )
+
+
+class ParEGOSettings(KubeModel):
+    """Settings of ParEGO (a Gaussian process on random Chebyshev scalarisations)."""
+
+    n_startup_trials: int = Field(default=10, ge=1, le=10000, description="Quasi-random trials before the GP.")
+
+
 class AlgorithmName(StrEnum):
     """The search algorithms, one entry each: name, settings model (the `algorithm.<name>` field, or
     None) and what it does. The CRD's enum, `algorithm.name`'s description, the rule that settings go
@@ -321,7 +384,9 @@ class AlgorithmName(StrEnum):
         "auto",
         None,
         "picks per search space and history: every point when the budget covers a finite space, "
-        "else bayesian, then tpe once the history is long or the space wide (each with default settings)",
+        "else bayesian, then tpe once the history is long or the space wide (each with default settings); "
+        "with several objectives parego, then motpe once the history is long or the space wide. Single-objective "
+        "algorithms given several objectives optimise the primary one",
     )
     RANDOM = "random", None, "independent uniform samples"
     GRID = "grid", GridSettings, "every point of a grid, in a seeded order (settings: grid)"
@@ -329,6 +394,18 @@ class AlgorithmName(StrEnum):
     TPE = "tpe", TPESettings, "Tree-structured Parzen Estimator, Optuna's (settings: tpe)"
     CMAES = "cmaes", CMAESSettings, "CMA-ES with restarts (settings: cmaes)"
     EVOLUTION = "evolution", EvolutionSettings, "a steady-state genetic algorithm (settings: evolution)"
+    NSGA2 = (
+        "nsga2",
+        NSGA2Settings,
+        "multi-objective: NSGA-II, parents by non-dominated rank and crowding (settings: nsga2)",
+    )
+    MOTPE = "motpe", TPESettings, "multi-objective TPE, Optuna's (settings: motpe)"
+    PAREGO = (
+        "parego",
+        ParEGOSettings,
+        "multi-objective: the bayesian GP on a random Chebyshev scalarisation per suggestion, for small budgets "
+        "(settings: parego)",
+    )
 
 
 def _listing(entries: list[tuple[str, str]]) -> str:
@@ -365,6 +442,9 @@ class Algorithm(KubeModel):
     bayesian: BayesianSettings | None = None
     cmaes: CMAESSettings | None = None
     evolution: EvolutionSettings | None = None
+    nsga2: NSGA2Settings | None = None
+    motpe: TPESettings | None = None
+    parego: ParEGOSettings | None = None
 
     @model_validator(mode="after")
     def _check_settings(self) -> Algorithm:
@@ -661,6 +741,14 @@ class TrialTemplate(KubeModel):
 
 
 _SPEC_RULES = rules(
+    ("has(self.objective) != has(self.objectives)", "set exactly one of objective and objectives"),
+    (
+        "!has(self.objectives) || (self.objectives.exists(o, o.primary)"
+        " ? self.objectives.exists(o, o.primary && !o.metric.startsWith('kubetune:'))"
+        " : !self.objectives[0].metric.startsWith('kubetune:'))",
+        "objectives: the primary objective (marked primary, else the first) must be a metric the trial reports, "
+        "not a kubetune: cost",
+    ),
     (
         "self.parameters.all(p, !has(p.when) || self.parameters.exists(q, q.name == p.when.parameter"
         " && q.name != p.name && q.type == 'categorical'))",
@@ -674,7 +762,25 @@ class TuningJobSpec(KubeModel):
 
     model_config = ConfigDict(json_schema_extra=_SPEC_RULES)
 
-    objective: Objective
+    objective: Objective | None = Field(
+        default=None, description="The one objective (or use objectives for several; exactly one of the two)."
+    )
+    objectives: list[Objective] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_OBJECTIVES,
+        description=(
+            f"Several objectives (1 to {MAX_OBJECTIVES}, distinct metrics) searched for their Pareto front "
+            "(status.paretoFront): a trial is on it when no other trial is at least as good in every objective "
+            "and better in one. The primary objective drives early stopping, target and bestTrial; the "
+            "algorithm auto picks a multi-objective method for two or more. Exactly one of objective and "
+            "objectives."
+        ),
+        json_schema_extra=rules(
+            ("self.all(o, self.exists_one(p, p.metric == o.metric))", "objectives[].metric must be distinct"),
+            ("self.exists_one(o, o.primary) || !self.exists(o, o.primary)", "at most one objective is primary"),
+        ),
+    )
     parameters: list[Parameter] = Field(min_length=1, max_length=MAX_PARAMETERS, description="The search space.")
     algorithm: Algorithm = Field(default_factory=Algorithm)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
@@ -683,6 +789,40 @@ class TuningJobSpec(KubeModel):
     suspend: bool = Field(
         default=False, description="Start no new trials; running trials finish. Set back to false to resume."
     )
+
+    @model_validator(mode="after")
+    def _check_objectives(self) -> TuningJobSpec:
+        if (self.objective is None) == (self.objectives is None):
+            raise ValueError("set exactly one of objective and objectives")
+        metrics = [o.metric for o in self.objective_list]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"objectives: metric names must be distinct, got {metrics}")
+        if sum(o.primary for o in self.objective_list) > 1:
+            raise ValueError("objectives: at most one objective is primary")
+        if self.primary_objective.builtin:
+            raise ValueError(
+                f"objectives: the primary objective ({self.primary_objective.metric}) must be a metric the trial "
+                "reports, not a kubetune: cost"
+            )
+        return self
+
+    @property
+    def objective_list(self) -> list[Objective]:
+        """The objectives in spec order: `objectives`, or the one `objective` (the normalised form)."""
+        if self.objectives is not None:
+            return self.objectives
+        assert self.objective is not None  # the validator guarantees exactly one
+        return [self.objective]
+
+    @property
+    def primary_objective(self) -> Objective:
+        """What early stopping, target, bestTrial and the single-objective algorithms follow."""
+        listed = self.objective_list
+        return next((o for o in listed if o.primary), listed[0])
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objective_list) > 1
 
     @model_validator(mode="after")
     def _check_parameters(self) -> TuningJobSpec:
@@ -771,8 +911,20 @@ class BestTrial(KubeModel):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+PARETO_FRONT_CAP = 32
+
+
+class ParetoMember(KubeModel):
+    """A trial on the Pareto front: no other trial is at least as good in every objective and better in one."""
+
+    name: str
+    index: int
+    objectives: dict[str, float] = Field(description="Its value of each objective, by metric name.")
+    parameters: ParameterAssignment = Field(default_factory=dict)
+
+
 class TuningJobStatus(KubeModel):
-    """Bounded in size: counts and the best trial, never a list of trials."""
+    """Bounded in size: counts, the best trial and a capped Pareto front, never a list of all trials."""
 
     phase: TuningJobPhase = TuningJobPhase.PENDING
     progress: str | None = Field(default=None, description="Finished/maximum trials, e.g. 7/12.")
@@ -782,6 +934,17 @@ class TuningJobStatus(KubeModel):
     best_trial: BestTrial | None = None
     best_objective_rounded: str | None = Field(
         default=None, description="bestTrial.objective to 6 significant digits (the Best column); derived."
+    )
+    pareto_front: list[ParetoMember] | None = Field(
+        default=None,
+        max_length=PARETO_FRONT_CAP,
+        description=(
+            "With several objectives: the succeeded trials no other succeeded trial dominates, by the primary "
+            f"objective (best first); at most {PARETO_FRONT_CAP}, spread evenly along the front when it is longer."
+        ),
+    )
+    pareto_front_size: int | None = Field(
+        default=None, description="With several objectives: how many trials the whole front has (the Front column)."
     )
     start_time: str | None = None
     completion_time: str | None = None

@@ -210,10 +210,10 @@ def final_objective(spec: TuningJobSpec, report: TerminationReport | None, prome
     """A finished trial's objective. With `objective.promql` the user's query defines it, so its answer comes
     first; otherwise the trial's own termination message (its best value, else its last), then Prometheus'
     `kubetune_trial_final`."""
-    metric = spec.objective.metric
+    metric = spec.primary_objective.metric
     reported = [report.best.get(metric), report.metrics.get(metric)] if report else []
     from_prometheus = [prometheus.get(metric)]
-    candidates = from_prometheus + reported if spec.objective.promql else reported + from_prometheus
+    candidates = from_prometheus + reported if spec.primary_objective.promql else reported + from_prometheus
     return next((v for v in map(_finite, candidates) if v is not None), None)
 
 
@@ -296,7 +296,7 @@ def advance_trial(
         if objective is None:
             # The objective may still come from Prometheus: a query of the user's own (scrapes land late in
             # remote setups), or a Prometheus that does not answer now. Wait for it, a while.
-            from_prometheus = spec.objective.promql is not None or not observations.available
+            from_prometheus = spec.primary_objective.promql is not None or not observations.available
             finished = _parse_time(pod.finished_at) or now
             waited = (now - finished).total_seconds()
             if from_prometheus and waited < settings.final_metrics_grace_seconds:
@@ -307,23 +307,23 @@ def advance_trial(
         status.completion_time = pod.finished_at or _iso(now)
         status.metrics = dict(final) | (report.metrics if report else {})
         if objective is None:
-            where = ("nor did its objective.promql query answer with a value" if spec.objective.promql
+            where = ("nor did its objective.promql query answer with a value" if spec.primary_objective.promql
                      else "nor to Prometheus")
             problem = f" (Prometheus: {observations.problem[1]})" if observations.problem else ""
             fail(
                 "MetricsUnavailable",
-                f"pod {pod.name} succeeded but reported no {spec.objective.metric!r} "
+                f"pod {pod.name} succeeded but reported no {spec.primary_objective.metric!r} "
                 f"in its termination message {where}{problem}",
             )
         else:
             keep_curve()
-            status.metrics[spec.objective.metric] = objective
+            status.metrics[spec.primary_objective.metric] = objective
             status.phase = TrialPhase.SUCCEEDED
             status.objective = objective
             status.reason = "Completed"
             status.message = None
             step.actions.append(
-                Event("Trial", name, "Normal", "TrialSucceeded", f"{spec.objective.metric}={objective:.6g}",
+                Event("Trial", name, "Normal", "TrialSucceeded", f"{spec.primary_objective.metric}={objective:.6g}",
                       transition_key(trial_id, "TrialSucceeded"))
             )
         return step
@@ -407,7 +407,7 @@ def _best(
     job: TuningJob, ledger: Ledger, active: Sequence[Trial], statuses: Sequence[TrialStatus]
 ) -> BestTrial | None:
     """The succeeded trial with the best objective; the earliest among equals."""
-    goal = job.spec.objective.goal
+    goal = job.spec.primary_objective.goal
     settled = ledger.best(goal)
     best = settled.rank if settled is not None else None
     chosen: int | None = None  # position in `active` when an active trial beats the settled best
@@ -457,12 +457,12 @@ def _finish_reason(
             "TooManyFailedTrials",
             f"{counts.failed} trials failed (maxFailedTrials {budget.max_failed_trials}); last: {last_failure}",
         )
-    if best is not None and job.spec.objective.reached_target(best.objective):
+    if best is not None and job.spec.primary_objective.reached_target(best.objective):
         return (
             TuningJobPhase.SUCCEEDED,
             "TargetReached",
-            f"trial {best.name} reached {job.spec.objective.metric}={best.objective:.6g} "
-            f"(target {job.spec.objective.target})",
+            f"trial {best.name} reached {job.spec.primary_objective.metric}={best.objective:.6g} "
+            f"(target {job.spec.primary_objective.target})",
         )
     if budget.active_deadline_seconds is not None and now >= start + timedelta(seconds=budget.active_deadline_seconds):
         phase = TuningJobPhase.SUCCEEDED if best is not None else TuningJobPhase.FAILED
@@ -476,7 +476,7 @@ def _finish_reason(
         return (
             TuningJobPhase.SUCCEEDED,
             reason,
-            f"{counts.created} trials; best {best.name} with {job.spec.objective.metric}={best.objective:.6g}",
+            f"{counts.created} trials; best {best.name} with {job.spec.primary_objective.metric}={best.objective:.6g}",
         )
     return None
 
@@ -670,7 +670,7 @@ def _prune_finished_pods(
 
 def _stop_message(spec: TuningJobSpec, verdict: StopDecision) -> str:
     message = (
-        f"{verdict.rule}: {spec.objective.metric}={verdict.value:.6g} "
+        f"{verdict.rule}: {spec.primary_objective.metric}={verdict.value:.6g} "
         f"at {spec.early_stopping.resource} {verdict.step:g}"
     )
     return message if verdict.threshold is None else f"{message}, needed {verdict.threshold:.6g}"
@@ -748,7 +748,7 @@ def _job_status(
                                        generation)
         status.message = None
     consulted = observations.asked or observations.problem is not None
-    if (spec.early_stopping.rule != EarlyStoppingRule.NONE or spec.objective.promql) and consulted:
+    if (spec.early_stopping.rule != EarlyStoppingRule.NONE or spec.primary_objective.promql) and consulted:
         if observations.problem is None:
             conditions = set_condition(conditions, "MetricsAvailable", ConditionStatus.TRUE, "PrometheusReachable",
                                        "", stamp, generation)
@@ -833,7 +833,7 @@ def _requeue_after(
     if finished is not None:
         return None
     waits: list[float] = []
-    if counts.running and (job.spec.early_stopping.rule != EarlyStoppingRule.NONE or job.spec.objective.promql):
+    if counts.running and (job.spec.early_stopping.rule != EarlyStoppingRule.NONE or job.spec.primary_objective.promql):
         waits.append(settings.metrics_poll_seconds)
     deadline = job.spec.budget.active_deadline_seconds
     if deadline is not None:

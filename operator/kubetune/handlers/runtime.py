@@ -376,7 +376,7 @@ class Controller:
     async def _observe(self, state: JobState, job: TuningJob, unfinished: list[str], pods: list[PodView]
                        ) -> Observations:
         spec = job.spec
-        wants_curves = spec.early_stopping.rule != EarlyStoppingRule.NONE or spec.objective.promql is not None
+        wants_curves = spec.early_stopping.rule != EarlyStoppingRule.NONE or spec.primary_objective.promql is not None
         asked_at = state.observed[0] if state.observed is not None else None
         ask = prometheus_needed(wants_curves, self.prometheus is not None, unfinished, pods, asked_at,
                                 time.monotonic(), self.config.metrics_poll_seconds)
@@ -386,8 +386,8 @@ class Controller:
             return state.observed[1]
         asked = time.monotonic()
         observations = await observe_trials(
-            self.prometheus, job.metadata.namespace or "", job.metadata.name, unfinished, spec.objective.metric,
-            spec.objective.promql,
+            self.prometheus, job.metadata.namespace or "", job.metadata.name, unfinished, spec.primary_objective.metric,
+            spec.primary_objective.promql,
         )
         state.observed = (asked, observations)
         if observations.problem is not None:  # counted once per query, not per reuse

@@ -13,8 +13,10 @@ same inputs and seed give the same answer.
   its end, parsed once) and the open entries; a call then costs the new entries, not the whole study.
 
 Algorithms: random, grid, bayesian (own Gaussian process), tpe (Optuna),
-cmaes (the `cmaes` library), evolution (own genetic algorithm) and auto
-(exhaustive for small finite spaces, then GP, then TPE), one entry each in
+cmaes (the `cmaes` library), evolution (own genetic algorithm), the
+multi-objective nsga2 (own), motpe (Optuna) and parego (own GP on random
+Chebyshev scalarisations), and auto (exhaustive for small finite spaces, then
+GP, then TPE; parego then motpe with several objectives), one entry each in
 `_engine.SAMPLERS`. Early-stopping rules: none, median, percentile, asha,
 hyperband, one entry each in `_stopping.STOPPING_RULES`. Names, settings and
 descriptions are declared in `kubetune.api.models` (`AlgorithmName`,
@@ -24,8 +26,10 @@ descriptions are declared in `kubetune.api.models` (`AlgorithmName`,
 from kubetune.search._engine import suggest
 from kubetune.search._errors import SearchError
 from kubetune.search._history import FrozenEntry, History, SettledHistory
+from kubetune.search._multi import non_dominated
 from kubetune.search._stopping import StopDecision, stop, stop_decisions
 
 __all__ = [
-    "FrozenEntry", "History", "SearchError", "SettledHistory", "StopDecision", "stop", "stop_decisions", "suggest",
+    "FrozenEntry", "History", "SearchError", "SettledHistory", "StopDecision", "non_dominated", "stop",
+    "stop_decisions", "suggest",
 ]

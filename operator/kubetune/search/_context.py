@@ -57,6 +57,29 @@ class Context:
         """Pending or Running trials at points of the space (their values are still coming)."""
         return [o for o in self.observations if o.pending and o.parameters is not None]
 
+    @cached_property
+    def scored(self) -> tuple[list[Observation], np.ndarray]:
+        """Usable trials with a finite value of every objective, and those values as losses (one row each,
+        one column per objective in spec order, `sign * value`: smaller is better). A single objective's
+        column is `loss`; the others come from the trial's final metrics."""
+        objectives = self.spec.objective_list
+        primary = self.spec.primary_objective
+        chosen: list[Observation] = []
+        rows: list[list[float]] = []
+        for o in self.usable:
+            row: list[float] = []
+            for objective in objectives:
+                if objective is primary:
+                    row.append(float(o.loss))  # type: ignore[arg-type]  # usable: loss is set
+                elif objective.metric in o.metrics:
+                    row.append(objective.sign * o.metrics[objective.metric])
+                else:
+                    break
+            else:
+                chosen.append(o)
+                rows.append(row)
+        return chosen, np.array(rows, dtype=float).reshape(len(rows), len(objectives))
+
     def in_flight(self) -> list[Assignment]:
         """Points whose values are unknown: pending history plus this wave so far."""
         return [o.parameters for o in self.pending if o.parameters is not None] + list(self.accepted)

@@ -22,8 +22,9 @@ from kubetune.search._errors import SearchError
 from kubetune.search._evolution import propose_evolution
 from kubetune.search._gp import propose_gp
 from kubetune.search._history import parse_history_keys
+from kubetune.search._multi import propose_nsga2, propose_parego
 from kubetune.search._space import Assignment, Space, load_spec
-from kubetune.search._tpe import propose_tpe
+from kubetune.search._tpe import propose_motpe, propose_tpe
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ def choose_algorithm(ctx: Context) -> str:
 
     `auto`: "exhaustive" when the space is finite and the budget covers every
     point; "bayesian" up to AUTO_GP_MAX_TRIALS usable trials on spaces of at
-    most AUTO_GP_MAX_DIMENSIONS parameters; "tpe" otherwise.
+    most AUTO_GP_MAX_DIMENSIONS parameters; "tpe" otherwise. With several
+    objectives the same split between "parego" and "motpe".
     """
     name = AlgorithmName(ctx.spec.algorithm.name)
     if name != AlgorithmName.AUTO:
@@ -55,9 +57,10 @@ def choose_algorithm(ctx: Context) -> str:
     size = ctx.space.size
     if size is not None and size <= ctx.spec.budget.max_trials:
         return "exhaustive"
+    multi = ctx.spec.multi_objective
     if len(ctx.usable) < AUTO_GP_MAX_TRIALS and len(ctx.space) <= AUTO_GP_MAX_DIMENSIONS:
-        return AlgorithmName.BAYESIAN.value
-    return AlgorithmName.TPE.value
+        return (AlgorithmName.PAREGO if multi else AlgorithmName.BAYESIAN).value
+    return (AlgorithmName.MOTPE if multi else AlgorithmName.TPE).value
 
 
 def propose_auto(ctx: Context, _settings: None = None) -> Iterator[Assignment]:
@@ -78,6 +81,9 @@ SAMPLERS: dict[AlgorithmName, Sampler] = {
     AlgorithmName.TPE: Sampler(propose_tpe),
     AlgorithmName.CMAES: Sampler(propose_cmaes),
     AlgorithmName.EVOLUTION: Sampler(propose_evolution),
+    AlgorithmName.NSGA2: Sampler(propose_nsga2),
+    AlgorithmName.MOTPE: Sampler(propose_motpe),
+    AlgorithmName.PAREGO: Sampler(propose_parego),
 }
 
 
@@ -128,8 +134,10 @@ def suggest(spec: Mapping[str, Any] | TuningJobSpec, history: object, n: int) ->
     `spec`: the TuningJob's `spec` (camelCase mapping, as in the manifest) or a
     `TuningJobSpec`. `history`: one mapping per trial in trial-index order,
     `{"parameters": {...}, "state": "Pending"|"Running"|"Succeeded"|"Failed"|
-    "EarlyStopped", "objective": float|None, "intermediate": [[resource, value], ...]}`
-    (`objective` and `intermediate` optional).
+    "EarlyStopped", "objective": float|None, "intermediate": [[resource, value], ...],
+    "metrics": {name: float}}` (`objective`, `intermediate` and `metrics` optional;
+    `objective` is the primary objective's value, `metrics` holds the other
+    objectives' values of a Succeeded trial).
 
     Returns distinct assignments (name -> value; int parameters as int, float
     as float, categorical as str, discrete as one of its values), each inside
@@ -146,7 +154,7 @@ def suggest(spec: Mapping[str, Any] | TuningJobSpec, history: object, n: int) ->
         raise SearchError(f"n must be an integer, got {n!r}")
     job = load_spec(spec)
     space = Space.from_spec(job)
-    observations, tried = parse_history_keys(space, job.objective.goal, history)
+    observations, tried = parse_history_keys(space, job.primary_objective.goal, history)
     if n <= 0:
         return []
     ctx = Context(job, space, observations, taken=tried)

@@ -284,7 +284,7 @@ def _maximise(
     return all_rows[np.argsort(-all_values, kind="stable")]
 
 
-def _startup(ctx: Context) -> Iterator[Assignment]:
+def startup_points(ctx: Context) -> Iterator[Assignment]:
     """A randomly shifted R_d low-discrepancy sequence (Roberts 2018): trial i gets point i.
 
     Stateless (point i is frac(shift + i * alpha)) and spread evenly however
@@ -310,7 +310,7 @@ def propose_gp(ctx: Context, settings: BayesianSettings) -> Iterator[Assignment]
     """GP suggestions one at a time, each accounting for the in-flight points and earlier picks."""
     usable = ctx.usable
     if len(usable) < max(settings.n_startup_trials, 2) or len({o.key for o in usable}) < 2:
-        yield from _startup(ctx)
+        yield from startup_points(ctx)
         return
     space = ctx.space
     training = _training_set(usable)

@@ -1,7 +1,9 @@
 """Trial history: validated once, then read by every sampler and stopping rule.
 
 A history entry is `{"parameters": {...}, "state": ..., "objective": float | None,
-"intermediate": [[resource, value], ...]}`, in trial-index order. Structural
+"intermediate": [[resource, value], ...], "metrics": {name: float}}`, in trial-index order
+(`metrics`: a Succeeded trial's final metrics, where multi-objective samplers find the other
+objectives' values). Structural
 problems (not a mapping, missing `parameters`/`state`, unknown state, wrong
 types) raise `SearchError` naming the entry. Values are judged, not rejected:
 
@@ -28,7 +30,7 @@ from kubetune.search._errors import SearchError
 from kubetune.search._space import Assignment, Key, Space
 
 STATES = tuple(phase.value for phase in TrialPhase)
-_OPTIONAL_KEYS = {"objective", "intermediate"}
+_OPTIONAL_KEYS = {"objective", "intermediate", "metrics"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class Observation:
     key: Key | None
     loss: float | None  # smaller is better; None when the trial gives no usable value
     curve: tuple[tuple[float, float], ...]  # (step, loss) by increasing step, last report per step wins
+    metrics: Mapping[str, float] = field(default_factory=dict)  # a Succeeded trial's finite final metrics, as reported
 
     @property
     def pending(self) -> bool:
@@ -222,6 +225,7 @@ def _parse_entry(space: Space | None, sign: float, index: int, entry: object) ->
     if objective is not None and not _number(objective):
         raise SearchError(f"{where}.objective: expected a number or null, got {objective!r}")
     curve = _parse_curve(where, entry.get("intermediate"), sign)
+    metrics = _parse_metrics(where, entry.get("metrics")) if state == TrialPhase.SUCCEEDED else {}
 
     loss: float | None = None
     if state == TrialPhase.SUCCEEDED and objective is not None:
@@ -244,7 +248,22 @@ def _parse_entry(space: Space | None, sign: float, index: int, entry: object) ->
         key=space.key(canonical) if space is not None and canonical is not None else None,
         loss=loss,
         curve=curve,
+        metrics=MappingProxyType(metrics),
     )
+
+
+def _parse_metrics(where: str, metrics: Any) -> dict[str, float]:
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise SearchError(f"{where}.metrics: expected a mapping of metric name to number")
+    parsed: dict[str, float] = {}
+    for name, value in metrics.items():
+        if not isinstance(name, str) or not _number(value):
+            raise SearchError(f"{where}.metrics[{name!r}]: expected a number, got {value!r}")
+        if math.isfinite(float(value)):
+            parsed[name] = float(value)
+    return parsed
 
 
 def _parse_curve(where: str, intermediate: Any, sign: float) -> tuple[tuple[float, float], ...]:

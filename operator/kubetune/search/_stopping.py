@@ -231,12 +231,12 @@ def stop_decisions(spec: Mapping[str, Any] | TuningJobSpec, history: object) -> 
     `history` as for `suggest` (parameters are not checked here). Sorted by index.
     """
     job = load_spec(spec)
-    observations = parse_history(None, job.objective.goal, history)
+    observations = parse_history(None, job.primary_objective.goal, history)
     rule = job.early_stopping
     decide = STOPPING_RULES.get(EarlyStoppingRule(rule.rule))
     if decide is None:
         raise SearchError(f"early-stopping rule {rule.rule!r} has no decision function")
-    sign = -1.0 if Goal(job.objective.goal) == Goal.MAXIMIZE else 1.0
+    sign = -1.0 if Goal(job.primary_objective.goal) == Goal.MAXIMIZE else 1.0
     trials = [o for o in observations if o.state != TrialPhase.FAILED]
     end = last_step(rule, trials)
     # A trial that ran its full length has nothing left to save: never stopped, whatever the rule.

@@ -86,6 +86,21 @@ def _from_optuna(space: Space, params: dict[str, Any]) -> Assignment:
 
 
 def propose_tpe(ctx: Context, settings: TPESettings) -> Iterator[Assignment]:
+    """TPE on the primary objective's loss."""
+    values = {o.index: [o.loss] for o in ctx.usable if o.loss is not None}
+    return _propose_optuna_tpe(ctx, settings, "tpe", values)
+
+
+def propose_motpe(ctx: Context, settings: TPESettings) -> Iterator[Assignment]:
+    """Optuna's multi-objective TPE on every objective's loss (`Context.scored`); trials missing one are left
+    out, as failed ones."""
+    scored, losses = ctx.scored
+    values = {o.index: [float(v) for v in row] for o, row in zip(scored, losses, strict=True)}
+    return _propose_optuna_tpe(ctx, settings, "motpe", values, objectives=max(1, losses.shape[1]))
+
+
+def _propose_optuna_tpe(ctx: Context, settings: TPESettings, salt: str, values: dict[int, list[float]],
+                        objectives: int = 1) -> Iterator[Assignment]:
     import optuna
     from optuna.trial import TrialState, create_trial
 
@@ -93,22 +108,22 @@ def propose_tpe(ctx: Context, settings: TPESettings) -> Iterator[Assignment]:
     distributions = {d.name: _distribution(d) for d in space.dimensions}
     with _quiet():
         sampler = optuna.samplers.TPESampler(
-            seed=ctx.seed_for("tpe"),
+            seed=ctx.seed_for(salt),
             n_startup_trials=settings.n_startup_trials,
             n_ei_candidates=settings.n_ei_candidates,
             multivariate=settings.multivariate,
             group=settings.multivariate and space.is_conditional,
             constant_liar=True,
         )
-        study = optuna.create_study(direction="minimize", sampler=sampler)
+        study = optuna.create_study(directions=["minimize"] * objectives, sampler=sampler)
         trials = []
         for observation in ctx.observations:
             if observation.parameters is None:
                 continue
             params = _to_optuna(space, observation.parameters)
             used = {name: distributions[name] for name in params}
-            if observation.usable:
-                trials.append(create_trial(params=params, distributions=used, value=observation.loss))
+            if observation.index in values:
+                trials.append(create_trial(params=params, distributions=used, values=values[observation.index]))
             elif observation.pending:
                 trials.append(create_trial(state=TrialState.RUNNING, params=params, distributions=used))
         study.add_trials(trials)
