@@ -750,6 +750,11 @@ _SPEC_RULES = rules(
         "not a kubetune: cost",
     ),
     (
+        "!has(self.objectives) || size(self.objectives) == 1 || self.objectives.all(o, !has(o.promql))",
+        "objectives: promql is not supported with several objectives yet (values come from the termination "
+        "message or kubetune_trial_final)",
+    ),
+    (
         "self.parameters.all(p, !has(p.when) || self.parameters.exists(q, q.name == p.when.parameter"
         " && q.name != p.name && q.type == 'categorical'))",
         "parameters[].when.parameter must name another, categorical parameter",
@@ -797,6 +802,9 @@ class TuningJobSpec(KubeModel):
         metrics = [o.metric for o in self.objective_list]
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"objectives: metric names must be distinct, got {metrics}")
+        if self.multi_objective and any(o.promql is not None for o in self.objective_list):
+            raise ValueError("objectives: promql is not supported with several objectives yet (values come from "
+                             "the termination message or kubetune_trial_final)")
         if sum(o.primary for o in self.objective_list) > 1:
             raise ValueError("objectives: at most one objective is primary")
         if self.primary_objective.builtin:

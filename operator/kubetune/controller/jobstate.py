@@ -43,6 +43,7 @@ class JobState:
     deleted_finished: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)  # name -> (until, body)
     rejected: dict[str, str] = field(default_factory=dict)  # trial -> why the API server refused its pod
     not_starting_reasons: set[str] = field(default_factory=set)  # of the last plan, for the operator's gauge
+    front_series: set[tuple[str, str]] = field(default_factory=set)  # (trial, objective) of the front's gauge
 
     def fold(self) -> Ledger:
         """The ledger with the Trials the watch showed final or deleted since the last reconcile."""

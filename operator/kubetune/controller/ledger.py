@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api import BestTrial, Goal, Trial, TrialPhase, TrialStatus
@@ -38,6 +38,7 @@ class SettledTrial:
     metrics: Mapping[str, float]
     failure: str | None  # "reason: message" of a Failed trial
     entry: FrozenEntry  # its search-history entry; the parameters are read from it
+    incomplete: str | None = None  # a Succeeded trial's message when some objective never came (several objectives)
 
     @property
     def rank(self) -> Rank:
@@ -61,12 +62,15 @@ def history_entry(
     """A trial as the search engine sees it (`curve`: a fresher one than the status's)."""
     partial = (TrialPhase.SUCCEEDED, TrialPhase.EARLY_STOPPED, TrialPhase.CANCELLED)
     objective = status.objective if status.phase in partial else None
-    return {
+    entry = {
         "parameters": dict(parameters),
         "state": str(status.phase),
         "objective": objective,
         "intermediate": [list(p) for p in (curve if curve is not None else status.intermediate)],
     }
+    if status.phase == TrialPhase.SUCCEEDED and status.metrics:  # where the other objectives' values are
+        entry["metrics"] = dict(status.metrics)
+    return entry
 
 
 def settle(trial: Trial) -> SettledTrial:
@@ -81,7 +85,38 @@ def settle(trial: Trial) -> SettledTrial:
         metrics=dict(status.metrics) if succeeded else {},
         failure=f"{status.reason}: {status.message}" if status.phase == TrialPhase.FAILED else None,
         entry=FrozenEntry(history_entry(trial.spec.parameters, status)),
+        incomplete=status.message if succeeded and status.reason == OBJECTIVES_INCOMPLETE else None,
     )
+
+
+OBJECTIVES_INCOMPLETE = "ObjectivesIncomplete"  # a Succeeded trial's reason when an objective never came
+# The objectives a front is judged by: (metric, sign) pairs, sign * value smaller is better.
+ObjectiveKeys = tuple[tuple[str, float], ...]
+
+
+def objective_vector(metrics: Mapping[str, float], keys: ObjectiveKeys) -> tuple[float, ...] | None:
+    """A trial's losses for `keys` from its metrics, or None when one is missing."""
+    if any(metric not in metrics for metric, _ in keys):
+        return None
+    return tuple(sign * metrics[metric] for metric, sign in keys)
+
+
+def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+
+@dataclass
+class _Front:
+    """The non-dominated succeeded trials among the first `seen` of a ledger's scored records."""
+
+    seen: int = 0
+    members: list[tuple[tuple[float, ...], SettledTrial]] = field(default_factory=list)
+
+    def offer(self, vector: tuple[float, ...], record: SettledTrial) -> None:
+        if any(dominates(v, vector) for v, _ in self.members):
+            return
+        self.members = [(v, r) for v, r in self.members if not dominates(vector, v)]
+        self.members.append((vector, record))
 
 
 Rank = tuple[float, int]  # (objective, trial index) of a succeeded trial
@@ -112,6 +147,9 @@ class Ledger:
         self._best: dict[Goal, SettledTrial | None] = {Goal.MINIMIZE: None, Goal.MAXIMIZE: None}
         self._waiting: list[tuple[int, str]] = []  # final but after an active trial: not in `history` yet
         self._settled_up_to = -1  # the highest index in `history`
+        self.last_incomplete: SettledTrial | None = None
+        self._succeeded: list[SettledTrial] = []  # in the order folded: what Pareto fronts are built from
+        self._fronts: dict[ObjectiveKeys, _Front] = {}
         for record in sorted(records, key=lambda r: r.index):
             self._fold(record)
 
@@ -149,7 +187,11 @@ class Ledger:
         self.max_index = max(self.max_index, record.index)
         if record.phase == TrialPhase.FAILED and (self.last_failed is None or record.index > self.last_failed.index):
             self.last_failed = record
+        if record.incomplete is not None and (self.last_incomplete is None
+                                              or record.index > self.last_incomplete.index):
+            self.last_incomplete = record
         if record.objective is not None:
+            self._succeeded.append(record)
             for goal, best in self._best.items():
                 if beats(goal, record.rank, best.rank if best is not None else None):
                     self._best[goal] = record
@@ -157,6 +199,17 @@ class Ledger:
 
     def best(self, goal: Goal) -> SettledTrial | None:
         return self._best[goal]
+
+    def front(self, keys: ObjectiveKeys) -> list[tuple[tuple[float, ...], SettledTrial]]:
+        """The non-dominated succeeded trials under `keys`, with their losses; kept between calls and brought
+        up to date with the trials folded in since (each trial is offered once)."""
+        front = self._fronts.setdefault(keys, _Front())
+        for record in self._succeeded[front.seen:]:
+            vector = objective_vector(record.metrics, keys)
+            if vector is not None:
+                front.offer(vector, record)
+        front.seen = len(self._succeeded)
+        return list(front.members)
 
     def waiting(self) -> list[SettledTrial]:
         """The final trials not in the settled history yet, in index order."""

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from kubetune.api import GPU_SECONDS, WALL_SECONDS
 from kubetune.controller import naming
+
+GPU_RESOURCE = "nvidia.com/gpu"
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class PodView:
     created_at: str | None = None
     # Why Kubernetes cannot start the pod (a container waiting in ImagePullBackOff..., or Unschedulable), if so.
     not_starting: tuple[str, str] | None = None
+    gpus: int = 0  # nvidia.com/gpu the pod's containers ask for (the scheduler's count: limits, else requests)
 
     @property
     def terminal(self) -> bool:
@@ -112,6 +118,50 @@ def not_starting(status: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def requested_gpus(spec: dict[str, Any]) -> int:
+    """nvidia.com/gpu a pod holds: the containers' sum, or the largest init container's (they run one by one)."""
+
+    def count(container: dict[str, Any]) -> int:
+        resources = container.get("resources") or {}
+        for key in ("limits", "requests"):  # extended resources: limits and requests must be equal when both set
+            value = (resources.get(key) or {}).get(GPU_RESOURCE)
+            if value is not None:
+                try:
+                    return int(str(value))
+                except ValueError:
+                    return 0
+        return 0
+
+    main = sum(count(c) for c in spec.get("containers") or [])
+    init = max((count(c) for c in spec.get("initContainers") or []), default=0)
+    return max(main, init)
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    try:
+        if not start or not end:
+            return None
+        began = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        ended = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, (ended - began).total_seconds())
+
+
+def pod_costs(pods: Sequence[PodView]) -> dict[str, float]:
+    """The built-in cost metrics of a trial from its finished pods (every attempt): kubetune:wall_seconds, the
+    primary container's running seconds (startedAt to finishedAt of its terminated state) summed, and
+    kubetune:gpu_seconds, each pod's requested nvidia.com/gpu times those seconds, summed."""
+    wall = gpu = 0.0
+    for pod in pods:
+        seconds = _seconds(pod.started_at, pod.finished_at) if pod.terminal else None
+        if seconds is None:
+            continue
+        wall += seconds
+        gpu += pod.gpus * seconds
+    return {WALL_SECONDS: wall, GPU_SECONDS: gpu}
+
+
 def pod_view(pod: dict[str, Any], primary_container: str | None = None) -> PodView | None:
     """Summarise a trial pod; None for pods that do not follow the naming scheme."""
     metadata = pod.get("metadata") or {}
@@ -139,4 +189,5 @@ def pod_view(pod: dict[str, Any], primary_container: str | None = None) -> PodVi
         finished_at=terminated.get("finishedAt"),
         created_at=metadata.get("creationTimestamp"),
         not_starting=not_starting(status) if status.get("phase", "Pending") == "Pending" else None,
+        gpus=requested_gpus(pod.get("spec") or {}),
     )

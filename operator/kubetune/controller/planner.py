@@ -23,11 +23,14 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from kubetune.api import (
+    PARETO_FRONT_CAP,
     BestTrial,
     ConditionStatus,
     EarlyStopDecision,
     EarlyStoppingRule,
+    Objective,
     ParameterAssignment,
+    ParetoMember,
     Trial,
     TrialCounts,
     TrialPhase,
@@ -39,10 +42,20 @@ from kubetune.api import (
 )
 from kubetune.controller import naming
 from kubetune.controller.conditions import find_condition, remove_condition, set_condition
-from kubetune.controller.ledger import FINAL_PHASES, Ledger, SettledTrial, beats, history_entry, settle
-from kubetune.controller.observe import NOT_STARTING_REASONS, UNSCHEDULABLE, PodView, TerminationReport
+from kubetune.controller.ledger import (
+    FINAL_PHASES,
+    OBJECTIVES_INCOMPLETE,
+    Ledger,
+    ObjectiveKeys,
+    SettledTrial,
+    beats,
+    history_entry,
+    objective_vector,
+    settle,
+)
+from kubetune.controller.observe import NOT_STARTING_REASONS, UNSCHEDULABLE, PodView, TerminationReport, pod_costs
 from kubetune.controller.templates import build_trial, build_trial_pod, template_placeholders
-from kubetune.search import History, StopDecision
+from kubetune.search import History, StopDecision, non_dominated
 
 Curve = list[tuple[float, float]]
 
@@ -210,11 +223,35 @@ def final_objective(spec: TuningJobSpec, report: TerminationReport | None, prome
     """A finished trial's objective. With `objective.promql` the user's query defines it, so its answer comes
     first; otherwise the trial's own termination message (its best value, else its last), then Prometheus'
     `kubetune_trial_final`."""
-    metric = spec.primary_objective.metric
+    return final_value(spec.primary_objective, report, prometheus)
+
+
+def final_value(objective: Objective, report: TerminationReport | None, prometheus: Mapping[str, float]
+                ) -> float | None:
+    """One objective's final value, as `final_objective` finds the primary one's."""
+    metric = objective.metric
     reported = [report.best.get(metric), report.metrics.get(metric)] if report else []
     from_prometheus = [prometheus.get(metric)]
-    candidates = from_prometheus + reported if spec.primary_objective.promql else reported + from_prometheus
+    candidates = from_prometheus + reported if objective.promql else reported + from_prometheus
     return next((v for v in map(_finite, candidates) if v is not None), None)
+
+
+def other_objectives(spec: TuningJobSpec, report: TerminationReport | None, prometheus: Mapping[str, float],
+                     pods: Sequence[PodView]) -> tuple[dict[str, float], list[str]]:
+    """A finished trial's values of the non-primary objectives (built-in costs from its pods, the rest as the
+    primary's), and the metrics of those that never came."""
+    costs = pod_costs(pods)
+    values: dict[str, float] = {}
+    missing: list[str] = []
+    for objective in spec.objective_list:
+        if objective is spec.primary_objective:
+            continue
+        value = costs.get(objective.metric) if objective.builtin else final_value(objective, report, prometheus)
+        if value is None:
+            missing.append(objective.metric)
+        else:
+            values[objective.metric] = value
+    return values, missing
 
 
 def advance_trial(
@@ -322,6 +359,17 @@ def advance_trial(
             status.objective = objective
             status.reason = "Completed"
             status.message = None
+            if spec.multi_objective:
+                values, missing = other_objectives(spec, report, final, pods)
+                status.metrics.update(values)
+                if missing:
+                    # Still a result for the primary objective (bestTrial, early stopping's peers), but not a
+                    # point of the Pareto front nor of the multi-objective model.
+                    status.reason = OBJECTIVES_INCOMPLETE
+                    status.message = (f"pod {pod.name} reported no {', '.join(map(repr, missing))} in its "
+                                      "termination message nor to Prometheus: the trial is left off the Pareto front")
+                    step.actions.append(Event("Trial", name, "Warning", OBJECTIVES_INCOMPLETE, status.message,
+                                              transition_key(trial_id, OBJECTIVES_INCOMPLETE)))
             step.actions.append(
                 Event("Trial", name, "Normal", "TrialSucceeded", f"{spec.primary_objective.metric}={objective:.6g}",
                       transition_key(trial_id, "TrialSucceeded"))
@@ -428,6 +476,59 @@ def _best(
         parameters=dict(trial.spec.parameters),
         metrics=dict(status.metrics),
     )
+
+
+def objective_keys(spec: TuningJobSpec) -> ObjectiveKeys:
+    """The (metric, sign) pairs a Pareto front is judged by, in spec order."""
+    return tuple((o.metric, o.sign) for o in spec.objective_list)
+
+
+def pareto_front(
+    job: TuningJob, ledger: Ledger, active: Sequence[Trial], statuses: Sequence[TrialStatus]
+) -> tuple[list[ParetoMember], int] | None:
+    """With several objectives: the succeeded trials no other succeeded trial dominates (the settled ones'
+    front is the ledger's, kept between reconciles), best primary objective first and capped at
+    PARETO_FRONT_CAP evenly spread along it; and the whole front's size. None with one objective."""
+    spec = job.spec
+    if not spec.multi_objective:
+        return None
+    keys = objective_keys(spec)
+    candidates = [(vector, record.name, record.index, dict(record.parameters))
+                  for vector, record in ledger.front(keys)]
+    for trial, status in zip(active, statuses, strict=True):
+        vector = objective_vector(status.metrics, keys) if status.phase == TrialPhase.SUCCEEDED else None
+        if vector is not None and status.reason != OBJECTIVES_INCOMPLETE:
+            candidates.append((vector, trial.metadata.name, trial.spec.index, dict(trial.spec.parameters)))
+    if not candidates:
+        return [], 0
+    mask = non_dominated([c[0] for c in candidates])
+    primary = [metric for metric, _ in keys].index(spec.primary_objective.metric)
+    front = sorted((c for c, keep in zip(candidates, mask, strict=True) if keep),
+                   key=lambda c: (c[0][primary], c[0], c[2]))
+    shown = front
+    if len(front) > PARETO_FRONT_CAP:  # both ends and evenly between them
+        step = (len(front) - 1) / (PARETO_FRONT_CAP - 1)
+        shown = [front[round(i * step)] for i in range(PARETO_FRONT_CAP)]
+    members = [
+        ParetoMember(name=name, index=index, parameters=parameters,
+                     objectives={metric: sign * loss for (metric, sign), loss in zip(keys, vector, strict=True)})
+        for vector, name, index, parameters in shown
+    ]
+    return members, len(front)
+
+
+def _last_incomplete(ledger: Ledger, active: Sequence[Trial], statuses: Sequence[TrialStatus]
+                     ) -> tuple[str, str] | None:
+    """(trial, message) of the highest-index Succeeded trial that missed an objective."""
+    found = [(t.spec.index, t.metadata.name, s.message or "") for t, s in zip(active, statuses, strict=True)
+             if s.phase == TrialPhase.SUCCEEDED and s.reason == OBJECTIVES_INCOMPLETE]
+    if ledger.last_incomplete is not None:
+        record = ledger.last_incomplete
+        found.append((record.index, record.name, record.incomplete or ""))
+    if not found:
+        return None
+    _, name, message = max(found)
+    return name, message
 
 
 def _last_failure(ledger: Ledger, active: Sequence[Trial], statuses: Sequence[TrialStatus]) -> str | None:
@@ -630,7 +731,8 @@ def plan(
     result.not_starting = Counter(s.reason for s in statuses if s.phase == TrialPhase.PENDING and s.reason
                                   and (s.reason in NOT_STARTING_REASONS or s.reason == UNSCHEDULABLE))
     result.status = _job_status(job, counts, best, finished, observations, start, now, active, statuses,
-                                other_operators)
+                                other_operators, pareto_front(job, ledger, active, statuses),
+                                _last_incomplete(ledger, active, statuses))
     result.actions.extend(_condition_events(job, result.status, job_id))
     if result.status.to_wire() == job.status.to_wire():
         result.status = None
@@ -717,6 +819,8 @@ def _job_status(
     active_trials: Sequence[Trial] = (),
     statuses: Sequence[TrialStatus] = (),
     other_operators: Sequence[str] = (),
+    front: tuple[list[ParetoMember], int] | None = None,
+    incomplete: tuple[str, str] | None = None,
 ) -> TuningJobStatus:
     spec = job.spec
     generation = job.metadata.generation
@@ -778,10 +882,20 @@ def _job_status(
     elif find_condition(conditions, "DuplicateOperator") is not None:
         conditions = set_condition(conditions, "DuplicateOperator", ConditionStatus.FALSE, "NoOtherOperator",
                                    "no other kubetune installation stood by recently", stamp, generation)
+    if incomplete is not None:
+        trial_name, trial_message = incomplete
+        conditions = set_condition(conditions, "ObjectivesComplete", ConditionStatus.FALSE, "ObjectiveMissing",
+                                   _short(f"trial {trial_name}: {trial_message}", 4096), stamp, generation)
+    elif spec.multi_objective:
+        conditions = set_condition(conditions, "ObjectivesComplete", ConditionStatus.TRUE, "AllObjectivesReported",
+                                   "every succeeded trial reported every objective", stamp, generation)
+    else:
+        conditions = remove_condition(conditions, "ObjectivesComplete")
     status.conditions = conditions
     status.phase = phase
     status.counts = counts
     status.best_trial = best
+    status.pareto_front, status.pareto_front_size = front if front is not None else (None, None)
     status.progress = f"{finished_count}/{spec.budget.max_trials}"
     status.observed_generation = generation
     status.start_time = status.start_time or _iso(start)

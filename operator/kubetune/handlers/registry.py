@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from kubetune.api import GROUP, VERSION, Trial
 from kubetune.controller import naming
 from kubetune.controller.ledger import FINAL_PHASES
+from kubetune.controller.observe import GPU_RESOURCE
 from kubetune.handlers.config import OperatorConfig
 from kubetune.handlers.runtime import Controller
 from kubetune.k8s.client import Credentials, KubeClient, NotFound
@@ -35,7 +36,10 @@ def _slim_pod(body: Any) -> dict[str, Any]:
     """Only what the planner reads: keeps memory flat at thousands of pods."""
     metadata = body.get("metadata") or {}
     status = body.get("status") or {}
+    spec = body.get("spec") or {}
     return {
+        # The GPUs each container asks for (kubetune:gpu_seconds), nothing else of the spec.
+        "spec": {key: [_slim_gpus(c) for c in spec.get(key) or []] for key in ("containers", "initContainers")},
         "metadata": {
             "name": metadata.get("name"),
             "labels": dict(metadata.get("labels") or {}),
@@ -53,6 +57,12 @@ def _slim_pod(body: Any) -> dict[str, Any]:
             "conditions": [dict(c) for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"],
         },
     }
+
+
+def _slim_gpus(container: Any) -> dict[str, Any]:
+    resources = container.get("resources") or {}
+    return {"resources": {key: {GPU_RESOURCE: (resources.get(key) or {})[GPU_RESOURCE]}
+                          for key in ("limits", "requests") if GPU_RESOURCE in (resources.get(key) or {})}}
 
 
 def _slim_containers(statuses: Any) -> list[dict[str, Any]]:

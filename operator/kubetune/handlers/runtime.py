@@ -417,11 +417,26 @@ class Controller:
         self.metrics.trials_pending.labels(namespace, name).set(status.counts.pending)
         if status.best_trial is not None:
             self.metrics.best_objective.labels(namespace, name).set(status.best_trial.objective)
+        self._record_front(namespace, name, status, state)
         for phase in ("Pending", "Running", "Suspended", "Succeeded", "Failed"):
             self.metrics.job_phase.labels(namespace, name, phase).set(1.0 if str(status.phase) == phase else 0.0)
         sent = self.client.requests_total
         self.metrics.api_requests.inc(sent - self._requests_counted)
         self._requests_counted = sent
+
+    def _record_front(self, namespace: str, name: str, status: TuningJobStatus, state: JobState) -> None:
+        """The front's gauges follow status.paretoFront; series of trials that left it are removed."""
+        series: dict[tuple[str, str], float] = {
+            (member.name, metric): value for member in status.pareto_front or () for metric, value in
+            member.objectives.items()
+        }
+        for trial, metric in state.front_series - series.keys():
+            self.metrics.pareto_front_objective.remove(namespace, name, trial, metric)
+        for (trial, metric), value in series.items():
+            self.metrics.pareto_front_objective.labels(namespace, name, trial, metric).set(value)
+        state.front_series = set(series)
+        if status.pareto_front_size is not None:
+            self.metrics.pareto_front_size.labels(namespace, name).set(status.pareto_front_size)
 
     def _forget(self, key: Key) -> None:
         namespace, name = key
@@ -429,8 +444,11 @@ class Controller:
         state = self._states.pop(key, None)
         for reason in state.not_starting_reasons if state is not None else ():
             self.metrics.trials_not_starting.remove(namespace, name, reason)
+        for trial, metric in state.front_series if state is not None else ():
+            self.metrics.pareto_front_objective.remove(namespace, name, trial, metric)
         self.leases.forget(key)
-        for gauge in (self.metrics.trials_running, self.metrics.trials_pending, self.metrics.best_objective):
+        for gauge in (self.metrics.trials_running, self.metrics.trials_pending, self.metrics.best_objective,
+                      self.metrics.pareto_front_size):
             try:
                 gauge.remove(namespace, name)
             except KeyError:

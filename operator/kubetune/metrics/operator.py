@@ -33,6 +33,15 @@ class OperatorMetrics:
         self.best_objective = Gauge(
             "kubetune_best_objective", "Objective of the best finished trial.", labels, registry=self.registry
         )
+        self.pareto_front_size = Gauge(
+            "kubetune_pareto_front_size", "Trials on the Pareto front (jobs with several objectives).", labels,
+            registry=self.registry,
+        )
+        self.pareto_front_objective = Gauge(
+            "kubetune_pareto_front_objective",
+            "Each objective's value of each trial on the Pareto front as in status.paretoFront (several objectives).",
+            (*labels, "trial", "objective"), registry=self.registry,
+        )
         self.job_phase = Gauge(
             "kubetune_tuningjob_phase", "1 for the job's current phase.", (*labels, "phase"), registry=self.registry
         )

@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
+import numpy.typing as npt
 
 from kubetune.api.models import BayesianSettings, NSGA2Settings, ParEGOSettings
 from kubetune.search._context import Context
@@ -35,9 +36,9 @@ def dominates(a: FloatArray, b: FloatArray) -> bool:
     return bool(np.all(a <= b) and np.any(a < b))
 
 
-def non_dominated(points: FloatArray) -> np.ndarray:
-    """Boolean mask of the rows of `points` (losses) that no other row dominates."""
-    points = np.asarray(points, dtype=float)
+def non_dominated(rows: npt.ArrayLike) -> np.ndarray:
+    """Boolean mask of the rows of `rows` (losses) that no other row dominates."""
+    points = np.asarray(rows, dtype=float)
     n = len(points)
     mask = np.ones(n, dtype=bool)
     for i in range(n):
