@@ -347,6 +347,56 @@ def _tuningjob_panels(layout: Layout) -> None:
     )
 
 
+PARETO_FRONT = f"max by (trial, objective) (kubetune_pareto_front_objective{{{JOB_SELECTOR}}})"
+
+
+def _pareto_panels(layout: Layout) -> None:
+    """Jobs with several objectives: the front as the operator keeps it in status.paretoFront."""
+    layout.row("Pareto front")
+    layout.add(
+        stat(
+            "Pareto front size",
+            "Trials on the Pareto front of each selected TuningJob with several objectives: no other trial is at "
+            "least as good in every objective and better in one.",
+            [target(f"kubetune_pareto_front_size{{{JOB_SELECTOR}}}", "{{tuningjob}}")],
+        ),
+        4,
+        10,
+    )
+    # One row per front trial, one column per objective (the first objective on x, the others on y).
+    matrix = [
+        {"id": "groupingToMatrix",
+         "options": {"columnField": "objective", "rowField": "trial", "valueField": "Value"}},
+        {"id": "organize", "options": {"renameByName": {"trial\\objective": "trial"}}},
+    ]
+    scatter = _panel(
+        "xychart",
+        "Pareto front",
+        "Each trial on the front (status.paretoFront, at most 32 spread along it), by its objectives: the "
+        "first objective across, the others up. Select one TuningJob.",
+        [target(PARETO_FRONT, instant=True, table=True)],
+        {"custom": {"show": "points", "pointSize": {"fixed": 8}}},
+        {
+            "mapping": "auto",
+            "seriesMapping": "auto",
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "single", "sort": "none"},
+        },
+    )
+    scatter["transformations"] = matrix
+    layout.add(scatter, 10, 10)
+    table = _panel(
+        "table",
+        "Pareto front trials",
+        "The front's trials with every objective's value.",
+        [target(PARETO_FRONT, instant=True, table=True)],
+        {"custom": {"align": "auto", "filterable": True}},
+        {"showHeader": True, "sortBy": [{"displayName": "trial", "desc": False}]},
+    )
+    table["transformations"] = matrix
+    layout.add(table, 10, 10)
+
+
 def _trial_panels(layout: Layout) -> None:
     layout.row("Trials")
     curve = _panel(
@@ -556,6 +606,7 @@ def build_dashboard() -> Json:
     """The Grafana dashboard model."""
     layout = Layout()
     _tuningjob_panels(layout)
+    _pareto_panels(layout)
     _trial_panels(layout)
     _operator_panels(layout)
     return {

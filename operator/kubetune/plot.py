@@ -5,7 +5,10 @@ Three views, as in Optuna's visualisation module:
 - learning curves: every trial's intermediate values (`status.intermediate`, the [step, value]
   pairs the early-stopping rule saw), early-stopped trials marked where they stopped;
 - one scatter per parameter: value against objective (log axis for log-scale parameters,
-  category positions for categorical ones).
+  category positions for categorical ones);
+- with several objectives (`spec.objectives`), the Pareto front: every succeeded trial by its first two
+  objectives, the non-dominated ones joined as a staircase. The primary objective is the one the
+  other views show.
 
 `render_plot` is pure apart from writing the file: it takes the TuningJob and Trial objects
 as the API returns them. Reading them (`read_study`) is the only part that needs a cluster.
@@ -54,6 +57,7 @@ class TrialView:
     parameters: Mapping[str, Any]
     curve: list[tuple[float, float]] = field(default_factory=list)
     stopped_at: float | None = None  # step at which the early-stopping rule stopped it
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 def _finite(value: Any) -> float | None:
@@ -85,7 +89,55 @@ def trial_view(trial: Json) -> TrialView:
         parameters=dict(spec.get("parameters") or {}),
         curve=sorted(curve),
         stopped_at=stopped_at,
+        metrics={str(k): v for k, v in (status.get("metrics") or {}).items() if _finite(v) is not None},
     )
+
+
+def objectives_of(spec: Json) -> list[Json]:
+    """The spec's objectives in order: `objectives`, or the one `objective`."""
+    listed = spec.get("objectives") or ([spec["objective"]] if spec.get("objective") else [])
+    return [o for o in listed if isinstance(o, Mapping)]
+
+
+def primary_of(spec: Json) -> Json:
+    listed = objectives_of(spec)
+    return next((o for o in listed if o.get("primary")), listed[0] if listed else {})
+
+
+def pareto_points(objectives: Sequence[Json], views: Sequence[TrialView]
+                  ) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Succeeded trials' (first, second objective) values, and those on the front of all their objectives
+    (judged from the trials themselves), sorted along the first objective."""
+    from kubetune.search import non_dominated
+
+    metrics = [str(o.get("metric")) for o in objectives]
+    signs = [-1.0 if o.get("goal") == "maximize" else 1.0 for o in objectives]
+    scored = [v for v in views if v.phase == "Succeeded" and all(m in v.metrics for m in metrics)]
+    points = [(v.metrics[metrics[0]], v.metrics[metrics[1]]) for v in scored]
+    if not scored:
+        return points, []
+    mask = non_dominated([[sign * v.metrics[m] for m, sign in zip(metrics, signs, strict=True)] for v in scored])
+    front = sorted(p for p, keep in zip(points, mask, strict=True) if keep)
+    return points, front
+
+
+def _pareto(ax: Axes, objectives: Sequence[Json], views: Sequence[TrialView]) -> None:
+    points, front = pareto_points(objectives, views)
+    first, second = (str(o.get("metric")) for o in objectives[:2])
+    if points:
+        ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, color="#7f7f7f", alpha=0.6,
+                   label="succeeded")
+    if front:
+        xs, ys = [p[0] for p in front], [p[1] for p in front]
+        ax.step(xs, ys, where="post", color=BEST_COLOUR, lw=1.2)
+        ax.scatter(xs, ys, s=40, color=BEST_COLOUR, label=f"Pareto front ({len(front)})", zorder=3)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no trial with every objective yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(f"{first} ({objectives[0].get('goal', '?')})")
+    ax.set_ylabel(f"{second} ({objectives[1].get('goal', '?')})")
+    ax.set_title("Pareto front" + (" (first two of the objectives)" if len(objectives) > 2 else ""), fontsize=11)
+    ax.grid(alpha=0.3)
 
 
 def best_so_far(trials: Sequence[TrialView], maximize: bool) -> list[tuple[int, float]]:
@@ -196,7 +248,8 @@ def render_plot(job: Json, trials: Sequence[Json], path: str | Path) -> Path:
     from matplotlib.figure import Figure, SubFigure  # lazily: the `plot` extra; no pyplot, no global state
 
     spec = job.get("spec") or {}
-    objective = spec.get("objective") or {}
+    objective = primary_of(spec)
+    objectives = objectives_of(spec)
     metric = str(objective.get("metric", "objective"))
     maximize = objective.get("goal") == "maximize"
     resource = str((spec.get("earlyStopping") or {}).get("resource", "step"))
@@ -211,7 +264,11 @@ def render_plot(job: Json, trials: Sequence[Json], path: str | Path) -> Path:
     if rows:
         halves: Any = figure.subfigures(2, 1, height_ratios=[5.0, 3.2 * rows])  # an array of two
         top, bottom = halves[0], halves[1]
-    history_ax, curves_ax = top.subplots(1, 2)
+    multi = len(objectives) > 1
+    top_axes = top.subplots(1, 3 if multi else 2)
+    history_ax, curves_ax = top_axes[0], top_axes[1]
+    if multi:
+        _pareto(top_axes[2], objectives, views)
     if views:
         _history(history_ax, views, metric, maximize)
         _curves(curves_ax, views, metric, resource)

@@ -227,7 +227,7 @@ def test_dashboard_has_what_the_issue_asks_for() -> None:
     assert {"TuningJob", "Trials", "Operator"} <= titles  # rows
     for wanted in ("Trials by phase", "Best objective so far", "$metric by step, every trial", "Trial durations",
                    "GPU memory per trial", "Reconcile latency", "Suggestion latency", "Trial turnover latency",
-                   "Errors", "Work queue depth"):
+                   "Errors", "Work queue depth", "Pareto front", "Pareto front size", "Pareto front trials"):
         assert wanted in titles
     assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "namespace", "tuningjob", "metric"]
     assert any(a["name"] == "Early stops" for a in dashboard["annotations"]["list"])

@@ -152,3 +152,32 @@ def test_plot_does_not_import_matplotlib_until_it_draws() -> None:
     code = "import sys, kubetune.cli, kubetune.plot; kubetune.cli.build_parser(); print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def multi_objective_study() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The recorded study as a two-objective job: val_accuracy against a GPU-seconds cost per trial."""
+    job, trials = load_study()
+    job = copy.deepcopy(job)
+    job["spec"]["objectives"] = [job["spec"].pop("objective"), {"metric": "kubetune:gpu_seconds", "goal": "minimize"}]
+    trials = copy.deepcopy(trials)
+    for trial in trials:
+        status = trial.get("status") or {}
+        if status.get("phase") == "Succeeded":
+            status.setdefault("metrics", {})["kubetune:gpu_seconds"] = 10.0 * (trial["spec"]["index"] % 5 + 1)
+    return job, trials
+
+
+def test_a_multi_objective_study_gets_a_pareto_panel(tmp_path: Path) -> None:
+    job, trials = multi_objective_study()
+    TuningJob.model_validate(job)
+    views = [trial_view(t) for t in trials]
+    points, front = plot.pareto_points(plot.objectives_of(job["spec"]), views)
+    succeeded = [v for v in views if v.phase == "Succeeded"]
+    assert len(points) == len(succeeded) and 1 <= len(front) < len(points)
+    for accuracy, cost in front:  # nobody is at least as accurate and as cheap, and better in one
+        assert not any(a >= accuracy and c <= cost and (a, c) != (accuracy, cost) for a, c in points)
+    for accuracy, cost in set(points) - set(front):
+        assert any(a >= accuracy and c <= cost for a, c in front)
+    single_width, _ = png_size(render_plot(load_study()[0], trials, tmp_path / "one.png"))
+    out = render_plot(job, trials, tmp_path / "multi.png")
+    assert png_size(out)[0] == single_width and out.stat().st_size > 50_000
