@@ -523,7 +523,8 @@ def _needs_rules() -> list[tuple[str, str]]:
 
 
 class EarlyStopping(KubeModel):
-    """When running trials are stopped because they look worse than their peers. No rule stops a trial at
+    """When running trials are stopped because they look worse than their peers (with several objectives: by
+    the primary objective, whose learning curve is the one reported). No rule stops a trial at
     or past maxResource (when maxResource is unset: the highest step a succeeded trial reported), where
     stopping would save nothing."""
 
