@@ -5,7 +5,8 @@ Every objective is a loss here (`Context.scored`: one column per objective, smal
 - `non_dominated(points)`: which rows no other row dominates (at least as good everywhere, better once).
 - NSGA-II (Deb et al. 2002): parents are the best `populationSize` scored trials by non-dominated rank,
   then crowding distance; a child comes from two binary-tournament parents by simulated binary crossover
-  (eta 20, probability `crossoverRate`) and polynomial mutation (eta 20, per-parameter probability
+  (probability `crossoverRate`; eta 15, each coordinate with probability 1/2, as in pymoo and Deb's code)
+  and polynomial mutation (eta 20, per-parameter probability
   `mutationRate`, default 1/d) in the unit encoding; categorical parameters cross uniformly and mutate to
   a random value. Until a population exists, quasi-random startup points (as the GP's).
 - ParEGO (Knowles 2006): each suggestion draws its own weight vector and scalarises the normalised
@@ -27,7 +28,8 @@ from kubetune.search._context import Context
 from kubetune.search._gp import propose_gp, startup_points
 from kubetune.search._space import Assignment, FloatArray
 
-_ETA = 20.0
+_ETA = 20.0  # polynomial mutation
+_ETA_CROSSOVER = 15.0
 CHEBYSHEV_RHO = 0.05
 
 
@@ -120,12 +122,15 @@ def propose_nsga2(ctx: Context, settings: NSGA2Settings) -> Iterator[Assignment]
 
 
 def _sbx(first: FloatArray, second: FloatArray, numeric: np.ndarray, rng: np.random.Generator) -> FloatArray:
-    """Simulated binary crossover on numeric coordinates, uniform crossover on categorical ones."""
+    """Simulated binary crossover (eta 15) on each numeric coordinate with probability 1/2, taking either
+    offspring at random; uniform crossover on categorical ones."""
     u = rng.random(len(first))
-    beta = np.where(u <= 0.5, (2 * u) ** (1 / (_ETA + 1)), (1 / (2 * (1 - u))) ** (1 / (_ETA + 1)))
-    child = 0.5 * ((1 + beta) * first + (1 - beta) * second)
-    if rng.random() < 0.5:
-        child = 0.5 * ((1 - beta) * first + (1 + beta) * second)
+    exponent = 1 / (_ETA_CROSSOVER + 1)
+    beta = np.where(u <= 0.5, (2 * u) ** exponent, (1 / (2 * (1 - u))) ** exponent)
+    one = 0.5 * ((1 + beta) * first + (1 - beta) * second)
+    other = 0.5 * ((1 - beta) * first + (1 + beta) * second)
+    crossed = np.where(rng.random(len(first)) < 0.5, one, other)
+    child = np.where(rng.random(len(first)) < 0.5, crossed, first)
     uniform = np.where(rng.random(len(first)) < 0.5, first, second)
     result: FloatArray = np.where(numeric, np.clip(child, 0.0, 1.0), uniform)
     return result
