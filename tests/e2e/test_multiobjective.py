@@ -17,7 +17,16 @@ import pytest
 import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
-from kubetune_harness import REPO, Cluster, OperatorProcess, condition, fresh_namespace, install_crds, operator_samples
+from kubetune_harness import (
+    REPO,
+    Cluster,
+    OperatorProcess,
+    condition,
+    fresh_namespace,
+    install_crds,
+    operator_samples,
+    script_trial_template,
+)
 
 from kubetune_dev.cluster import ClusterInfo
 from kubetune_dev.preflight import free_ports
@@ -128,3 +137,47 @@ def test_two_objective_gpu_job_ends_with_a_true_pareto_front_and_exact_gpu_secon
               if s.name == "kubetune_pareto_front_objective" and s.labels["tuningjob"] == "gpu-multiobjective"}
     assert size == [len(expected_front)]
     assert gauges == {(m["name"], metric): value for m in front for metric, value in m["objectives"].items()}
+
+
+# The primary objective in the termination message, a second one only in the trial's own Prometheus gauge,
+# read by that objective's promql: energy = x, so every trial trades score for energy (all on the front).
+TWO_SOURCES_SCRIPT = """
+import json, os, time
+from prometheus_client import Gauge, start_http_server
+x = json.loads(os.environ["KUBETUNE_PARAMS"])["x"]
+start_http_server(int(os.environ["KUBETUNE_METRICS_PORT"]), addr=os.environ["KUBETUNE_METRICS_ADDRESS"])
+Gauge("my_energy_joules", "energy so far").set(x)
+time.sleep(5)  # a few scrapes (every second on the dev cluster) before the pod goes
+open(os.environ["KUBETUNE_TERMINATION_MESSAGE_PATH"], "w").write(
+    json.dumps({"status": "completed", "metrics": {"score": x}}))
+"""
+
+
+def test_a_second_objective_from_promql_reaches_the_trials_and_the_front(
+    tuning: tuple[Cluster, OperatorProcess, int]
+) -> None:
+    cluster, operator, _ = tuning
+    name = "promql-energy"
+    cluster.create_job({
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": name},
+        "spec": {
+            "objectives": [
+                {"metric": "score", "goal": "maximize"},
+                {"metric": "energy", "goal": "minimize",
+                 "promql": 'last_over_time(my_energy_joules{kubetune_io_trial="{{trial}}"}[15m])'},
+            ],
+            "parameters": [{"name": "x", "type": "discrete", "values": [0.2, 0.5, 0.9]}],
+            "algorithm": {"name": "grid"},
+            "budget": {"maxTrials": 3, "parallelism": 3},
+            "trialTemplate": script_trial_template(TWO_SOURCES_SCRIPT),
+        },
+    })
+    job = cluster.wait_finished(name, timeout=300)
+    assert job["status"]["phase"] == "Succeeded", (job["status"], operator.log_tail())
+    trials = cluster.trials(name)
+    for trial in trials:
+        x = trial["spec"]["parameters"]["x"]
+        assert trial["status"]["reason"] == "Completed", trial["status"]
+        assert trial["status"]["metrics"]["score"] == x and trial["status"]["metrics"]["energy"] == pytest.approx(x)
+    assert sorted(m["name"] for m in job["status"]["paretoFront"]) == sorted(t["metadata"]["name"] for t in trials)
+    assert condition(job, "ObjectivesComplete")["status"] == "True"  # type: ignore[index]

@@ -130,7 +130,6 @@ def test_objectives_normalise_to_one_list_with_a_primary() -> None:
         ([TWO[1], TWO[0]], "primary objective (kubetune:gpu_seconds) must be a metric the trial reports"),
         ([{**TWO[0], "primary": True}, {"metric": "loss", "goal": "minimize", "primary": True}], "at most one"),
         ([TWO[0], {**TWO[1], "promql": "up"}], "take no promql"),
-        ([{**TWO[0], "promql": "up"}, TWO[1]], "promql is not supported with several objectives"),
     ],
 )
 def test_bad_objectives_are_rejected(objectives: list[dict[str, Any]], message: str) -> None:

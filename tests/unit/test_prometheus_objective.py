@@ -132,3 +132,24 @@ def test_metrics_available_follows_answers_only_and_each_change_is_an_event() ->
     [recovered] = [e for e in back.of_type(Event) if "Metrics" in e.reason]
     assert recovered.reason == "MetricsAvailable" and recovered.type == "Normal"
     assert recovered.key != warning.key
+
+
+def test_a_second_objective_from_promql_is_waited_for_then_recorded() -> None:
+    job = make_job(objective=None, objectives=[
+        {"metric": "val_accuracy", "goal": "maximize"},
+        {"metric": "energy", "goal": "minimize",
+         "promql": 'last_over_time(my_energy{kubetune_io_trial="{{trial}}"}[15m])'},
+    ])
+    trials = [trial(job, 0, {"lr": 0.01, "optimizer": "sgd"}, phase="Running", attempts=1)]
+    pods = [pod("digits-0", 1, "Succeeded", message='{"status": "completed", "metrics": {"val_accuracy": 0.9}}')]
+    grace = PlannerSettings(final_metrics_grace_seconds=60)
+    waiting = run(job, trials, pods, observations=Observations(asked=True), settings=grace)
+    assert patched(waiting) is None and waiting.requeue_after is not None  # the primary is there, energy is not
+    answered = Observations(finals={"digits-0": {"energy": 120.0}}, asked=True)
+    status = patched(run(job, trials, pods, observations=answered, settings=grace))
+    assert status is not None and status["phase"] == "Succeeded" and status["reason"] == "Completed"
+    assert status["metrics"] == {"val_accuracy": 0.9, "energy": 120.0}
+    late = patched(run(job, trials, pods, observations=Observations(asked=True),
+                       settings=PlannerSettings(final_metrics_grace_seconds=20)))
+    assert late is not None and late["phase"] == "Succeeded" and late["reason"] == "ObjectivesIncomplete"
+    assert "'energy'" in str(late["message"]) and "promql" in str(late["message"])

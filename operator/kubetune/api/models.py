@@ -750,11 +750,7 @@ _SPEC_RULES = rules(
         "objectives: the primary objective (marked primary, else the first) must be a metric the trial reports, "
         "not a kubetune: cost",
     ),
-    (
-        "!has(self.objectives) || size(self.objectives) == 1 || self.objectives.all(o, !has(o.promql))",
-        "objectives: promql is not supported with several objectives yet (values come from the termination "
-        "message or kubetune_trial_final)",
-    ),
+
     (
         "self.parameters.all(p, !has(p.when) || self.parameters.exists(q, q.name == p.when.parameter"
         " && q.name != p.name && q.type == 'categorical'))",
@@ -803,9 +799,6 @@ class TuningJobSpec(KubeModel):
         metrics = [o.metric for o in self.objective_list]
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"objectives: metric names must be distinct, got {metrics}")
-        if self.multi_objective and any(o.promql is not None for o in self.objective_list):
-            raise ValueError("objectives: promql is not supported with several objectives yet (values come from "
-                             "the termination message or kubetune_trial_final)")
         if sum(o.primary for o in self.objective_list) > 1:
             raise ValueError("objectives: at most one objective is primary")
         if self.primary_objective.builtin:

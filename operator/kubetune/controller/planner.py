@@ -330,10 +330,13 @@ def advance_trial(
         report = pod.report()
         final = observations.finals.get(name, {})
         objective = final_objective(spec, report, final)
-        if objective is None:
+        # Other objectives defined by a query of the user's own whose answer has not come yet.
+        awaited = [o for o in spec.objective_list if o is not spec.primary_objective and o.promql is not None
+                   and final_value(o, report, final) is None]
+        if objective is None or awaited:
             # The objective may still come from Prometheus: a query of the user's own (scrapes land late in
             # remote setups), or a Prometheus that does not answer now. Wait for it, a while.
-            from_prometheus = spec.primary_objective.promql is not None or not observations.available
+            from_prometheus = spec.primary_objective.promql is not None or bool(awaited) or not observations.available
             finished = _parse_time(pod.finished_at) or now
             waited = (now - finished).total_seconds()
             if from_prometheus and waited < settings.final_metrics_grace_seconds:
@@ -367,7 +370,8 @@ def advance_trial(
                     # point of the Pareto front nor of the multi-objective model.
                     status.reason = OBJECTIVES_INCOMPLETE
                     status.message = (f"pod {pod.name} reported no {', '.join(map(repr, missing))} in its "
-                                      "termination message nor to Prometheus: the trial is left off the Pareto front")
+                                      "termination message nor to Prometheus (nor did the objective's promql "
+                                      "answer, where it has one): the trial is left off the Pareto front")
                     step.actions.append(Event("Trial", name, "Warning", OBJECTIVES_INCOMPLETE, status.message,
                                               transition_key(trial_id, OBJECTIVES_INCOMPLETE)))
             step.actions.append(

@@ -388,6 +388,7 @@ class Controller:
         observations = await observe_trials(
             self.prometheus, job.metadata.namespace or "", job.metadata.name, unfinished, spec.primary_objective.metric,
             spec.primary_objective.promql,
+            [(o.metric, o.promql) for o in spec.objective_list if o is not spec.primary_objective and o.promql],
         )
         state.observed = (asked, observations)
         if observations.problem is not None:  # counted once per query, not per reuse

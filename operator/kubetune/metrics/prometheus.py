@@ -168,8 +168,12 @@ async def observe_trials(
     trials: Sequence[str],
     metric: str,
     template: str | None,
+    other_templates: Sequence[tuple[str, str]] = (),
 ) -> Observations:
-    """Curves and final metrics of the given (unfinished) trials, or the problem that prevented it."""
+    """Curves and final metrics of the given (unfinished) trials, or the problem that prevented it.
+
+    `other_templates`: (metric, promql) of further objectives (several objectives): each trial's answer
+    (the step-less series, else the value at the highest step) is that metric's final value."""
     if not trials:
         return Observations()
     if prometheus is None:
@@ -187,6 +191,12 @@ async def observe_trials(
                     curves[trial] = curve
                 if latest is not None:  # the user's query defines the objective
                     finals.setdefault(trial, {})[metric] = latest
+        for other, other_template in other_templates:
+            for trial in trials:
+                rows = await prometheus.query(render_template(other_template, namespace, job, trial, other))
+                latest = parse_template_result(rows, trial)[1]
+                if latest is not None:
+                    finals.setdefault(trial, {})[other] = latest
     except PrometheusError as error:
         return Observations(problem=(error.reason, error.message), asked=True)
     return Observations(curves=curves, finals=finals, asked=True)
