@@ -52,9 +52,9 @@ from typing import Any
 
 import yaml
 
+from kubetune.k8s.sync import JSON, ApiError, Gone, KubeApi
 from kubetune_dev.agent import SIMULATE_ANNOTATION, SIMULATED_MESSAGE_ENV
 from kubetune_dev.cluster import ClusterInfo, DevCluster
-from kubetune_dev.kubeapi import JSON, ApiError, KubeApi
 from kubetune_dev.preflight import free_ports
 from kubetune_dev.realcluster import node_images
 
@@ -146,11 +146,10 @@ class PodClock:
                         self._see(pod, now)
                     if self._stop.is_set():
                         return
-            except ApiError as error:
-                if error.is_gone:
-                    version = None
-                else:
-                    time.sleep(0.2)
+            except Gone:
+                version = None
+            except ApiError:
+                time.sleep(0.2)
 
     def _see(self, pod: JSON, now: float) -> None:
         metadata = pod["metadata"]
@@ -459,9 +458,7 @@ def floor_client(args: argparse.Namespace) -> int:
                     done.add(name)
                     if created[group] < args.per_group:
                         create(group)
-        except ApiError as error:
-            if not error.is_gone:
-                raise
+        except Gone:
             version = str(api.get(path)["metadata"]["resourceVersion"])
     pool.shutdown()
     return 0
