@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
+from kubetune_harness import Cluster, OperatorProcess, install_crds, wait_for
 
 from kubetune.k8s.client import KubeClient
 from kubetune.k8s.core import Credentials, Unauthorized, resource_path
@@ -155,3 +156,48 @@ def test_a_rotated_token_file_is_read_again_after_a_refusal(
     wait_refused(kube, namespace, "first", old, admin.server, admin.ca_file)
     assert len(api.get(path)["items"]) >= 1
     assert api.credentials.bearer() == token_file.read_text()
+
+
+def test_an_operator_outside_the_cluster_keeps_working_when_its_token_file_rotates(
+    kube: Kube, account: str, dev_cluster: ClusterInfo, tmp_path: Path
+) -> None:
+    """The operator runs from a kubeconfig whose user is a `tokenFile`; mid-job the file gets a new token
+    and the old one is revoked. Its own client and Kopf's watches (re-login on 401) both carry on."""
+    namespace = account
+    binding = f"kubetune-rotating-{namespace}"
+    rbac = client.RbacAuthorizationV1Api(kube.api_client)
+    rbac.create_cluster_role_binding(client.V1ClusterRoleBinding(
+        metadata=client.V1ObjectMeta(name=binding),
+        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="cluster-admin"),
+        subjects=[client.RbacV1Subject(kind="ServiceAccount", name=ACCOUNT, namespace=namespace)],
+    ))
+    install_crds(kube.api_client)
+    token_file = tmp_path / "token"
+    token_file.write_text(bound_token(kube, namespace, "first"))
+    admin = yaml.safe_load(dev_cluster.kubeconfig.read_text())
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "rotating", "clusters": admin["clusters"],
+        "users": [{"name": "rotating", "user": {"tokenFile": str(token_file)}}],
+        "contexts": [{"name": "rotating", "context": {"cluster": admin["clusters"][0]["name"], "user": "rotating"}}],
+    }))
+    operator = OperatorProcess(kubeconfig, dev_cluster.prometheus_url, tmp_path / "operator.log",
+                               KUBETUNE_NAMESPACES=namespace)
+    cluster = Cluster(kube.api_client, namespace)
+    try:
+        operator.start()
+        cluster.apply_example("digits-random.yaml", name="rotated", budget={"maxTrials": 6, "parallelism": 2})
+        wait_for("a first finished trial", lambda: any(
+            (t.get("status") or {}).get("phase") == "Succeeded" for t in cluster.trials("rotated")) or None)
+        admin_credentials = Credentials.load(dev_cluster.kubeconfig)
+        old = token_file.read_text()
+        token_file.write_text(bound_token(kube, namespace, "second"))
+        wait_refused(kube, namespace, "first", old, admin_credentials.server, admin_credentials.ca_file)
+        job = cluster.wait_finished("rotated", timeout=600)
+        assert job["status"]["phase"] == "Succeeded", operator.log_tail()
+        assert operator.alive(), operator.log_tail()
+        trials = cluster.trials("rotated")
+        assert len(trials) == 6 and all(t["status"]["phase"] == "Succeeded" for t in trials), operator.log_tail()
+    finally:
+        operator.stop()
+        rbac.delete_cluster_role_binding(binding)

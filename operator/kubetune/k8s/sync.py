@@ -111,6 +111,17 @@ class KubeApi:
             raise ApiError(0, "ConnectionError", str(exc)) from exc
         return decode(resp.status, resp.data)
 
+    def get_text(self, path: str) -> str:
+        """A plain-text resource (/metrics, a pod's log)."""
+        try:
+            resp = self._pool.request("GET", self.url(path), headers=self._headers(),
+                                      timeout=urllib3.Timeout(connect=5.0, read=self._timeout))
+        except urllib3.exceptions.HTTPError as exc:
+            raise ApiError(0, "ConnectionError", str(exc)) from exc
+        if resp.status >= 300:
+            decode(resp.status, resp.data)
+        return str(resp.data.decode(errors="replace"))
+
     def get(self, path: str, **query: Any) -> JSON:
         return self.request("GET", path, query=query)
 
