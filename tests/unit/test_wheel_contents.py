@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,10 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_the_kubetune_wheel_holds_no_dev_cluster(tmp_path: Path) -> None:
+    shutil.rmtree(ROOT / "build", ignore_errors=True)  # setuptools' scratch: stale files would be packed again
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
          str(ROOT)],
-        check=True, cwd=tmp_path,  # not the tree: setuptools' build/ stays out of the checkout
+        check=True,
     )
     (wheel,) = tmp_path.glob("kubetune-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
