@@ -378,7 +378,10 @@ def bench_cluster(max_pods: int, operator_env: list[str], node_kind: str = "agen
         try:
             info = cluster.up()
             api = KubeApi.from_kubeconfig(info.kubeconfig, temp_dir=Path(work) / "credentials", pool_size=32)
-            for path in sorted((REPO / "crds").glob("*.yaml")):
+            # KUBETUNE_BENCH_CRDS: an older tree's CRDs when its operator is a variant (an older model
+            # refuses fields that newer CRDs default); the newer operator reads older specs.
+            crds = Path(os.environ.get("KUBETUNE_BENCH_CRDS") or REPO / "crds")
+            for path in sorted(crds.glob("*.yaml")):
                 api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", yaml.safe_load(path.read_text()))
             for crd in ("tuningjobs.kubetune.io", "trials.kubetune.io"):
                 while not any(c["type"] == "Established" and c["status"] == "True" for c in
