@@ -52,7 +52,7 @@ from typing import Any
 
 import yaml
 
-from kubetune.k8s.sync import JSON, ApiError, Gone, KubeApi
+from kubetune.k8s.sync import JSON, ApiError, Gone, KubeApi, NotFound
 from kubetune_dev.agent import SIMULATE_ANNOTATION, SIMULATED_MESSAGE_ENV
 from kubetune_dev.cluster import ClusterInfo, DevCluster
 from kubetune_dev.preflight import free_ports
@@ -378,16 +378,7 @@ def bench_cluster(max_pods: int, operator_env: list[str], node_kind: str = "agen
         try:
             info = cluster.up()
             api = KubeApi.from_kubeconfig(info.kubeconfig, temp_dir=Path(work) / "credentials", pool_size=32)
-            # KUBETUNE_BENCH_CRDS: an older tree's CRDs when its operator is a variant (an older model
-            # refuses fields that newer CRDs default); the newer operator reads older specs.
-            crds = Path(os.environ.get("KUBETUNE_BENCH_CRDS") or REPO / "crds")
-            for path in sorted(crds.glob("*.yaml")):
-                api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", yaml.safe_load(path.read_text()))
-            for crd in ("tuningjobs.kubetune.io", "trials.kubetune.io"):
-                while not any(c["type"] == "Established" and c["status"] == "True" for c in
-                              (api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}")
-                               .get("status") or {}).get("conditions") or []):
-                    time.sleep(0.2)
+            install_crds(api, REPO / "crds")
             bench = Bench(info, api, Path(work), dict(item.split("=", 1) for item in operator_env))
             try:
                 yield bench
@@ -543,6 +534,26 @@ def environment() -> dict[str, Any]:
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
 
 
+def install_crds(api: KubeApi, directory: Path) -> None:
+    """Create or replace the CRDs found in `directory`, then wait until they are served."""
+    base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    for path in sorted(directory.glob("*.yaml")):
+        manifest = yaml.safe_load(path.read_text())
+        name = manifest["metadata"]["name"]
+        try:
+            current = api.get(f"{base}/{name}")
+        except NotFound:
+            api.create(base, manifest)
+            continue
+        manifest["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        api.replace(f"{base}/{name}", manifest)
+    for crd in ("tuningjobs.kubetune.io", "trials.kubetune.io"):
+        while not any(c["type"] == "Established" and c["status"] == "True" for c in
+                      (api.get(f"{base}/{crd}").get("status") or {}).get("conditions") or []):
+            time.sleep(0.2)
+    time.sleep(2.0)  # the API server's storage for the new schema (re)initialises
+
+
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     """`label:NAME=VALUE,NAME=VALUE` -> (label, environment)."""
     label, _, settings = text.partition(":")
@@ -570,8 +581,12 @@ def turnover_rounds(args: argparse.Namespace, variants: list[tuple[str, dict[str
             floor = run_floor(bench, args.jobs, args.parallelism, args.trials_per_job, args.seconds)
             log(f"floor: {json.dumps(floor['turnover'])}")
             measured: dict[str, Any] = {"floor": floor}
-            for label, env in variants:
+            for label, variant_env in variants:
                 log(f"round {number + 1}: {label}, {args.jobs} jobs")
+                # CRDS=<dir>: that tree's CRDs while its operator runs (an older model refuses fields
+                # newer CRDs default, and a newer operator's status fields would be pruned by older CRDs).
+                env = dict(variant_env)
+                install_crds(bench.api, Path(env.pop("CRDS", REPO / "crds")))
                 manifests = [job_manifest(f"turnover-{i}", args.trials_per_job, args.parallelism, args.seconds,
                                           False, i, image=bench.trial_image) for i in range(args.jobs)]
                 result = run_jobs(bench, label, manifests, args.parallelism, timeout=1800, env=env)
@@ -730,7 +745,8 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--nodes", default="agent", help="node kinds measured one after the other: agent, real or "
                      "agent,real (the real node's start cost beside the agent's)")
     one.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE,...",
-                     help="operator configurations compared in the same run (default: one, as configured)")
+                     help="operator configurations compared in the same run (default: one, as configured); "
+                     "CRDS=<dir> installs that tree's CRDs while it runs")
     two = commands.add_parser("scale", help="issue 6: one huge job, then many jobs at once")
     two.add_argument("--trials", type=int, default=20_000, help="trials of the one job (0: skip)")
     two.add_argument("--parallelism", type=int, default=10)
