@@ -491,6 +491,7 @@ def run_jobs(bench: Bench, label: str, manifests: list[JSON], parallelism: int, 
     last = sampler.stop()
     clock.stop()
     after = operator_metrics(port)
+    operator.stop()  # an idle operator left running would load the machine under the next variant's run
     trials = sum((j.get("status") or {}).get("counts", {}).get("created", 0) for j in jobs)
     pairs = clock.turnovers(parallelism)
     tenth = max(1, len(pairs) // 10)
