@@ -52,9 +52,9 @@ from typing import Any
 
 import yaml
 
+from kubetune.k8s.sync import JSON, ApiError, Gone, KubeApi, NotFound
 from kubetune_dev.agent import SIMULATE_ANNOTATION, SIMULATED_MESSAGE_ENV
 from kubetune_dev.cluster import ClusterInfo, DevCluster
-from kubetune_dev.kubeapi import JSON, ApiError, KubeApi
 from kubetune_dev.preflight import free_ports
 from kubetune_dev.realcluster import node_images
 
@@ -146,11 +146,10 @@ class PodClock:
                         self._see(pod, now)
                     if self._stop.is_set():
                         return
-            except ApiError as error:
-                if error.is_gone:
-                    version = None
-                else:
-                    time.sleep(0.2)
+            except Gone:
+                version = None
+            except ApiError:
+                time.sleep(0.2)
 
     def _see(self, pod: JSON, now: float) -> None:
         metadata = pod["metadata"]
@@ -379,13 +378,7 @@ def bench_cluster(max_pods: int, operator_env: list[str], node_kind: str = "agen
         try:
             info = cluster.up()
             api = KubeApi.from_kubeconfig(info.kubeconfig, temp_dir=Path(work) / "credentials", pool_size=32)
-            for path in sorted((REPO / "crds").glob("*.yaml")):
-                api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", yaml.safe_load(path.read_text()))
-            for crd in ("tuningjobs.kubetune.io", "trials.kubetune.io"):
-                while not any(c["type"] == "Established" and c["status"] == "True" for c in
-                              (api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}")
-                               .get("status") or {}).get("conditions") or []):
-                    time.sleep(0.2)
+            install_crds(api, REPO / "crds")
             bench = Bench(info, api, Path(work), dict(item.split("=", 1) for item in operator_env))
             try:
                 yield bench
@@ -459,9 +452,7 @@ def floor_client(args: argparse.Namespace) -> int:
                     done.add(name)
                     if created[group] < args.per_group:
                         create(group)
-        except ApiError as error:
-            if not error.is_gone:
-                raise
+        except Gone:
             version = str(api.get(path)["metadata"]["resourceVersion"])
     pool.shutdown()
     return 0
@@ -500,6 +491,7 @@ def run_jobs(bench: Bench, label: str, manifests: list[JSON], parallelism: int, 
     last = sampler.stop()
     clock.stop()
     after = operator_metrics(port)
+    operator.stop()  # an idle operator left running would load the machine under the next variant's run
     trials = sum((j.get("status") or {}).get("counts", {}).get("created", 0) for j in jobs)
     pairs = clock.turnovers(parallelism)
     tenth = max(1, len(pairs) // 10)
@@ -543,6 +535,26 @@ def environment() -> dict[str, Any]:
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
 
 
+def install_crds(api: KubeApi, directory: Path) -> None:
+    """Create or replace the CRDs found in `directory`, then wait until they are served."""
+    base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    for path in sorted(directory.glob("*.yaml")):
+        manifest = yaml.safe_load(path.read_text())
+        name = manifest["metadata"]["name"]
+        try:
+            current = api.get(f"{base}/{name}")
+        except NotFound:
+            api.create(base, manifest)
+            continue
+        manifest["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        api.replace(f"{base}/{name}", manifest)
+    for crd in ("tuningjobs.kubetune.io", "trials.kubetune.io"):
+        while not any(c["type"] == "Established" and c["status"] == "True" for c in
+                      (api.get(f"{base}/{crd}").get("status") or {}).get("conditions") or []):
+            time.sleep(0.2)
+    time.sleep(2.0)  # the API server's storage for the new schema (re)initialises
+
+
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     """`label:NAME=VALUE,NAME=VALUE` -> (label, environment)."""
     label, _, settings = text.partition(":")
@@ -570,8 +582,12 @@ def turnover_rounds(args: argparse.Namespace, variants: list[tuple[str, dict[str
             floor = run_floor(bench, args.jobs, args.parallelism, args.trials_per_job, args.seconds)
             log(f"floor: {json.dumps(floor['turnover'])}")
             measured: dict[str, Any] = {"floor": floor}
-            for label, env in variants:
+            for label, variant_env in variants:
                 log(f"round {number + 1}: {label}, {args.jobs} jobs")
+                # CRDS=<dir>: that tree's CRDs while its operator runs (an older model refuses fields
+                # newer CRDs default, and a newer operator's status fields would be pruned by older CRDs).
+                env = dict(variant_env)
+                install_crds(bench.api, Path(env.pop("CRDS", REPO / "crds")))
                 manifests = [job_manifest(f"turnover-{i}", args.trials_per_job, args.parallelism, args.seconds,
                                           False, i, image=bench.trial_image) for i in range(args.jobs)]
                 result = run_jobs(bench, label, manifests, args.parallelism, timeout=1800, env=env)
@@ -730,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--nodes", default="agent", help="node kinds measured one after the other: agent, real or "
                      "agent,real (the real node's start cost beside the agent's)")
     one.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE,...",
-                     help="operator configurations compared in the same run (default: one, as configured)")
+                     help="operator configurations compared in the same run (default: one, as configured); "
+                     "CRDS=<dir> installs that tree's CRDs while it runs")
     two = commands.add_parser("scale", help="issue 6: one huge job, then many jobs at once")
     two.add_argument("--trials", type=int, default=20_000, help="trials of the one job (0: skip)")
     two.add_argument("--parallelism", type=int, default=10)

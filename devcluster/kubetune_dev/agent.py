@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetune.k8s.sync import JSON, AlreadyExists, ApiError, Conflict, Gone, KubeApi, NotFound
 from kubetune_dev import podspec, runtime
 from kubetune_dev.agentstate import (
     RUNTIME,
@@ -49,7 +50,6 @@ from kubetune_dev.agentstate import (
     save_record,
 )
 from kubetune_dev.allocators import POD_NETWORK, AllocationError, GpuAllocator, IpAllocator
-from kubetune_dev.kubeapi import JSON, ApiError, KubeApi
 from kubetune_dev.layout import MARKER_ENV
 from kubetune_dev.procs import ProcessHandle, signal_group, watch_owner
 
@@ -271,9 +271,7 @@ class Agent:
             try:
                 try:
                     node = self.api.create("/api/v1/nodes", body)
-                except ApiError as exc:
-                    if not exc.is_conflict:
-                        raise
+                except (AlreadyExists, Conflict):
                     node = self.api.patch(f"/api/v1/nodes/{name}", {"metadata": {"labels": labels}})
                 self.node_uid = str(node["metadata"]["uid"])
                 self.post_node_status()
@@ -296,9 +294,7 @@ class Agent:
         }
         try:
             self.api.patch(path, {"spec": spec}, patch_type="merge")
-        except ApiError as exc:
-            if not exc.is_not_found:
-                raise
+        except NotFound:
             owner = [{"apiVersion": "v1", "kind": "Node", "name": name, "uid": self.node_uid}] if self.node_uid else []
             self.api.create(
                 f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases",
@@ -326,12 +322,11 @@ class Agent:
                 ):
                     self.post_node_status()
                     last_status = time.monotonic()
+            except NotFound:
+                log.warning("node %s is gone; registering it again", self.opts.node_name)
+                self.register_node()
             except ApiError as exc:
-                if exc.is_not_found:
-                    log.warning("node %s is gone; registering it again", self.opts.node_name)
-                    self.register_node()
-                else:
-                    log.warning("heartbeat failed: %s", exc)
+                log.warning("heartbeat failed: %s", exc)
             except Exception:
                 log.exception("heartbeat failed")
 
@@ -353,10 +348,10 @@ class Agent:
                         version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                         if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
                             self.events.put(("pod", event["type"], obj))
+            except Gone:
+                log.info("watch expired (410); relisting")
+                continue
             except ApiError as exc:
-                if exc.is_gone:
-                    log.info("watch expired (410); relisting")
-                    continue
                 delay = next(delays)
                 log.warning("pod watch failed (%s); relisting in %.0fs", exc, delay)
                 self.stop.wait(delay)
@@ -753,9 +748,9 @@ class Agent:
         resource = "configmaps" if kind == "ConfigMap" else "secrets"
         try:
             obj = self.api.get(f"/api/v1/namespaces/{namespace}/{resource}/{name}")
+        except NotFound:
+            return None
         except ApiError as exc:
-            if exc.is_not_found:
-                return None
             raise podspec.ContainerConfigError(f"reading {kind} {name}: {exc}") from exc
         if kind == "Secret":
             return podspec.secret_data(obj)

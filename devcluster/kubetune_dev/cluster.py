@@ -25,10 +25,10 @@ from pathlib import Path
 
 import yaml
 
+from kubetune.k8s.sync import KubeApi, NotFound
 from kubetune_dev import components, preflight, procs
 from kubetune_dev.agentstate import load_records
 from kubetune_dev.components import ClusterConfig, Ports
-from kubetune_dev.kubeapi import ApiError, KubeApi
 from kubetune_dev.layout import (
     COMPONENTS,
     MARKER_ENV,
@@ -533,8 +533,6 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
 def _exists(api: KubeApi, path: str) -> bool:
     try:
         api.get(path)
-    except ApiError as exc:
-        if exc.is_not_found:
-            return False
-        raise
+    except NotFound:
+        return False
     return True

@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
+from kubetune.k8s.sync import KubeApi
 from kubetune_dev import nodehost, nodeimages, procs, realnode
 from kubetune_dev.components import ClusterConfig, build_kubeconfig
-from kubetune_dev.kubeapi import KubeApi
 from kubetune_dev.realnode import NodePaths
 
 CNI_PLUGINS: tuple[str, ...] = ("bridge", "host-local", "portmap", "loopback")

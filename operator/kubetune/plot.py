@@ -23,10 +23,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from kubetune.api.models import GROUP, VERSION
 from kubetune.controller.naming import LABEL_JOB
+from kubetune.k8s.core import resource_path
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -313,18 +314,17 @@ def current_namespace(kubeconfig: str | None, context: str | None) -> str:
 
 def read_study(name: str, namespace: str, kubeconfig: str | None, context: str | None) -> tuple[Json, list[Json]]:
     """The TuningJob and all its Trials (paged: a study can hold tens of thousands)."""
-    from kubernetes import client, config
+    from kubetune.k8s.sync import Credentials, KubeApi
 
-    api_client = config.new_client_from_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
-    api = client.CustomObjectsApi(api_client)
-    job = cast(Json, api.get_namespaced_custom_object(GROUP, VERSION, namespace, "tuningjobs", name))
+    api = KubeApi(Credentials.load(kubeconfig, context))
+    job = api.get(resource_path(GROUP, VERSION, "tuningjobs", namespace, name))
     trials: list[Json] = []
     token: str | None = None
     while True:
-        kwargs: dict[str, Any] = {"label_selector": f"{LABEL_JOB}={name}", "limit": LIST_PAGE}
-        if token:
-            kwargs["_continue"] = token
-        page = cast(Json, api.list_namespaced_custom_object(GROUP, VERSION, namespace, "trials", **kwargs))
+        page = api.get(
+            resource_path(GROUP, VERSION, "trials", namespace), labelSelector=f"{LABEL_JOB}={name}",
+            limit=LIST_PAGE, **({"continue": token} if token else {}),
+        )
         trials += page.get("items") or []
         token = (page.get("metadata") or {}).get("continue")
         if not token:
@@ -344,23 +344,23 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kubernetes.client.exceptions import ApiException
     from kubernetes.config import ConfigException
-    from urllib3.exceptions import HTTPError
+
+    from kubetune.k8s.core import ApiError, NotFound
 
     namespace = args.namespace or current_namespace(args.kubeconfig, args.context)
     where = f"TuningJob {namespace}/{args.job}"
     try:
         job, trials = read_study(args.job, namespace, args.kubeconfig, args.context)
-    except ApiException as exc:
-        reason = "not found" if exc.status == 404 else f"{exc.status} {exc.reason}"
-        print(f"kubetune plot: {where}: {reason}", file=sys.stderr)
+    except NotFound:
+        print(f"kubetune plot: {where}: not found", file=sys.stderr)
         return 1
-    except ConfigException as exc:
+    except ApiError as exc:
+        reason = "cannot reach the API server" if exc.status == 0 else f"{exc.status} {exc.reason}"
+        print(f"kubetune plot: {where}: {reason}: {exc.message}", file=sys.stderr)
+        return 1
+    except (ConfigException, OSError) as exc:
         print(f"kubetune plot: no usable kubeconfig: {exc}", file=sys.stderr)
-        return 1
-    except (HTTPError, OSError) as exc:
-        print(f"kubetune plot: cannot reach the API server: {exc}", file=sys.stderr)
         return 1
     output = render_plot(job, trials, args.output or Path(f"{args.job}.png"))
     print(f"wrote {output} ({len(trials)} trials)")

@@ -40,8 +40,8 @@ from kubetune_harness import (
 )
 
 from kubetune.dashboard import alert_rules, dashboard_query_list
+from kubetune.k8s.sync import KubeApi
 from kubetune_dev.cluster import ClusterInfo
-from kubetune_dev.kubeapi import KubeApi
 from kubetune_dev.layout import default_bin_dir
 
 pytestmark = pytest.mark.e2e

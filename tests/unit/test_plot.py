@@ -122,10 +122,10 @@ def test_run_reads_the_study_and_writes_the_png(tmp_path: Path, monkeypatch: pyt
 
 def test_run_explains_a_missing_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from kubernetes.client.exceptions import ApiException
+    from kubetune.k8s.core import NotFound
 
     def missing(*_: Any) -> Any:
-        raise ApiException(status=404, reason="Not Found")
+        raise NotFound(404, "NotFound", 'tuningjobs.kubetune.io "nope" not found')
 
     monkeypatch.setattr(plot, "read_study", missing)
     args = argparse.Namespace(job="nope", namespace="team-a", output=tmp_path / "x.png", kubeconfig=None, context=None)

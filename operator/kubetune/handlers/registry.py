@@ -149,12 +149,12 @@ def build_registry(
         # credentials as our own client (re-read on 401, so rotated tokens work).
         credentials = Credentials.load(config.kubeconfig)
         return kopf.ConnectionInfo(
-            server=credentials.host,
+            server=credentials.server,
             ca_path=credentials.ca_file,
             insecure=not credentials.verify,
             certificate_path=credentials.cert_file,
             private_key_path=credentials.key_file,
-            token=credentials.read_token(),
+            token=credentials.bearer(),
         )
 
     @kopf.on.cleanup(registry=registry)

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kubetune.k8s.sync import ApiError
 from kubetune_dev.agent import Agent, AgentOptions
-from kubetune_dev.kubeapi import ApiError
 
 
 class FakeApi:

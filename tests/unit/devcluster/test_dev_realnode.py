@@ -9,9 +9,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kubetune.k8s.sync import object_path
 from kubetune_dev import realnode
 from kubetune_dev.components import ClusterConfig, Ports, apiserver_command
-from kubetune_dev.kubeapi import object_path
 from kubetune_dev.layout import Layout, components_of
 from kubetune_dev.pki import NodeIdentity, build_cluster_pki
 from kubetune_dev.realnode import NodeNetwork, NodePaths

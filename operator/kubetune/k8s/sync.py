@@ -1,27 +1,42 @@
-"""A small JSON client for the Kubernetes REST API, used by the node agent and the dev cluster.
+"""The synchronous facade of kubetune's Kubernetes client, for the CLI, the dev cluster and its node agent.
 
-Why not the generated `kubernetes` client directly: the agent works on plain dicts (it patches
-status, never round-trips typed models), needs explicit timeouts on every call so a hung API
-server cannot hang it, and must survive watch expiry and restarts; the generated client's API
-changes between major versions. We still use `kubernetes.config` to read kubeconfigs.
+Same credentials, errors and paths as the operator's asyncio client (`k8s.core`); urllib3 pools
+underneath, with an explicit timeout on every call so a hung API server cannot hang a caller, and
+watches that raise `Gone` when their resourceVersion expired so callers relist.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import ssl
 import urllib.parse
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import urllib3
 
+from kubetune.k8s.core import (
+    AlreadyExists,
+    ApiError,
+    Conflict,
+    Credentials,
+    Gone,
+    Json,
+    NotFound,
+    Unauthorized,
+    api_error,
+    decode,
+    object_path,
+)
+
+__all__ = [
+    "AlreadyExists", "ApiError", "Conflict", "Credentials", "Gone", "JSON", "KubeApi", "NotFound", "object_path",
+]
+
 log = logging.getLogger(__name__)
 
-JSON = dict[str, Any]
+JSON = Json
 PatchType = Literal["strategic", "merge", "json"]
 
 _PATCH_CONTENT_TYPES: dict[str, str] = {
@@ -31,91 +46,24 @@ _PATCH_CONTENT_TYPES: dict[str, str] = {
 }
 
 
-class ApiError(Exception):
-    """A non-2xx answer, or a failed connection (status 0)."""
-
-    def __init__(self, status: int, reason: str, message: str, body: JSON | None = None) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-        self.body = body or {}
-
-    @property
-    def is_not_found(self) -> bool:
-        return self.status == 404
-
-    @property
-    def is_conflict(self) -> bool:
-        return self.status == 409
-
-    @property
-    def is_gone(self) -> bool:
-        return self.status == 410
-
-
-@dataclass(frozen=True)
-class Credentials:
-    server: str
-    ca_file: str | None
-    cert_file: str | None
-    key_file: str | None
-    authorization: str | None
-    verify: bool = True
-
-
-def load_credentials(kubeconfig: Path | None, temp_dir: Path | None = None) -> Credentials:
-    """Read a kubeconfig. Embedded certificates are written to files by `kubernetes.config`; pass
-    `temp_dir` to keep them out of /tmp (a SIGKILLed process cannot clean them up)."""
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    if kubeconfig is None:
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    else:
-        if temp_dir is not None:
-            temp_dir.mkdir(parents=True, exist_ok=True)
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=str(kubeconfig),
-            client_configuration=cfg,
-            temp_file_path=str(temp_dir) if temp_dir is not None else None,
-        )
-    api_key: Mapping[str, str] = cfg.api_key or {}
-    return Credentials(
-        server=str(cfg.host).rstrip("/"),
-        ca_file=cfg.ssl_ca_cert,
-        cert_file=cfg.cert_file,
-        key_file=cfg.key_file,
-        authorization=api_key.get("authorization") or api_key.get("BearerToken"),
-        verify=bool(cfg.verify_ssl),
-    )
-
-
 class KubeApi:
     """Thread-safe (urllib3 pools are) JSON client with a timeout on every call."""
 
     def __init__(self, credentials: Credentials, *, pool_size: int = 16, timeout: float = 30.0) -> None:
+        self.credentials = credentials
         self.server = credentials.server
         self._timeout = timeout
-        headers = {"Accept": "application/json", "User-Agent": "kubetune-dev"}
-        if credentials.authorization:
-            headers["Authorization"] = credentials.authorization
-        self._headers = headers
         # block=False: extra connections are made and dropped under load rather than waiting.
         self._pool = urllib3.PoolManager(
-            num_pools=2,
-            maxsize=pool_size,
-            block=False,
-            cert_reqs=ssl.CERT_REQUIRED if credentials.verify else ssl.CERT_NONE,
-            ca_certs=credentials.ca_file,
-            cert_file=credentials.cert_file,
-            key_file=credentials.key_file,
-            retries=False,
+            num_pools=2, maxsize=pool_size, block=False, ssl_context=credentials.ssl_context(), retries=False,
         )
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: Path | None, *, temp_dir: Path | None = None, **kwargs: Any) -> KubeApi:
-        return cls(load_credentials(kubeconfig, temp_dir), **kwargs)
+        return cls(Credentials.load(kubeconfig, temp_dir=temp_dir), **kwargs)
+
+    def _headers(self) -> dict[str, str]:
+        return {"Accept": "application/json", "User-Agent": "kubetune", **self.credentials.headers()}
 
     def url(self, path: str, query: Mapping[str, Any] | None = None) -> str:
         url = self.server + path
@@ -134,7 +82,18 @@ class KubeApi:
         content_type: str = "application/json",
         timeout: float | None = None,
     ) -> JSON:
-        headers = dict(self._headers)
+        try:
+            return self._send(method, path, query, body, content_type, timeout)
+        except Unauthorized:
+            # A rotated or expired token: read the credentials again (exec plugins re-run), try once more.
+            self.credentials = self.credentials.reload()
+            return self._send(method, path, query, body, content_type, timeout)
+
+    def _send(
+        self, method: str, path: str, query: Mapping[str, Any] | None, body: Any, content_type: str,
+        timeout: float | None,
+    ) -> JSON:
+        headers = self._headers()
         data: bytes | None = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -150,7 +109,18 @@ class KubeApi:
             )
         except urllib3.exceptions.HTTPError as exc:
             raise ApiError(0, "ConnectionError", str(exc)) from exc
-        return _decode(resp.status, resp.data)
+        return decode(resp.status, resp.data)
+
+    def get_text(self, path: str) -> str:
+        """A plain-text resource (/metrics, a pod's log)."""
+        try:
+            resp = self._pool.request("GET", self.url(path), headers=self._headers(),
+                                      timeout=urllib3.Timeout(connect=5.0, read=self._timeout))
+        except urllib3.exceptions.HTTPError as exc:
+            raise ApiError(0, "ConnectionError", str(exc)) from exc
+        if resp.status >= 300:
+            decode(resp.status, resp.data)
+        return str(resp.data.decode(errors="replace"))
 
     def get(self, path: str, **query: Any) -> JSON:
         return self.request("GET", path, query=query)
@@ -188,7 +158,7 @@ class KubeApi:
             resp = self._pool.request(
                 "GET",
                 self.url(path, params),
-                headers=self._headers,
+                headers=self._headers(),
                 # The server closes after timeoutSeconds; the read timeout only catches a dead server.
                 timeout=urllib3.Timeout(connect=5.0, read=timeout_seconds + 30.0),
                 preload_content=False,
@@ -197,7 +167,7 @@ class KubeApi:
             raise ApiError(0, "ConnectionError", str(exc)) from exc
         try:
             if resp.status >= 300:
-                _decode(resp.status, resp.read())
+                decode(resp.status, resp.read())
             buffer = b""
             for chunk in resp.stream(64 * 1024, decode_content=True):
                 buffer += chunk
@@ -213,20 +183,11 @@ class KubeApi:
             resp.release_conn()
 
 
-def object_path(manifest: JSON) -> str:
-    """REST path of an object; the plural is the lowercased kind + "s", true of every kind the dev
-    cluster applies (ServiceAccount, ConfigMap, Service, Deployment, ClusterRole(Binding))."""
-    api_version, kind, meta = manifest["apiVersion"], manifest["kind"], manifest["metadata"]
-    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    namespace = f"/namespaces/{meta['namespace']}" if meta.get("namespace") else ""
-    return f"{base}{namespace}/{kind.lower()}s/{meta['name']}"
-
-
 def _watch_event(line: bytes) -> JSON:
     event: JSON = json.loads(line)
     if event.get("type") == "ERROR":
         status = event.get("object") or {}
-        raise ApiError(int(status.get("code") or 500), str(status.get("reason", "")), str(status.get("message", "")))
+        raise api_error(int(status.get("code") or 500), status)
     return event
 
 
@@ -234,16 +195,3 @@ def _query_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def _decode(status: int, data: bytes) -> JSON:
-    try:
-        payload: Any = json.loads(data) if data else {}
-    except json.JSONDecodeError:
-        payload = {"message": data.decode(errors="replace")[:500]}
-    if not isinstance(payload, dict):
-        payload = {"items": payload}
-    if status >= 300:
-        raise ApiError(status, str(payload.get("reason", "")), str(payload.get("message", "")), payload)
-    result: JSON = payload
-    return result
