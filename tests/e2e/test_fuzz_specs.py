@@ -132,6 +132,9 @@ def valid_spec(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         # The user's own PromQL, hostile or not: at worst a MetricsAvailable=False condition.
         spec["objective"]["promql"] = draw(st.sampled_from(PROMQL))
+    if draw(st.booleans()):  # several objectives: the reported metric against what the trial's pod costs
+        spec["objectives"] = [spec.pop("objective"), draw(st.sampled_from([WALL, {**WALL, "goal": "maximize"}]))]
+        spec["algorithm"]["name"] = draw(st.sampled_from(["auto", "nsga2", "motpe", "parego", "random"]))
     return spec
 
 
@@ -219,6 +222,20 @@ def _metric(spec: dict[str, Any], metric: str) -> None:
     spec["objective"]["metric"] = metric
 
 
+def _objectives(spec: dict[str, Any], change: tuple[bool, Any]) -> None:
+    """`objectives` set to a choice, beside `objective` (kept) or instead of it."""
+    keep, objectives = change
+    metric = spec["objective"]["metric"]
+    if not keep:
+        del spec["objective"]
+    spec["objectives"] = [{**o, "metric": o["metric"].replace("$metric", metric)} if isinstance(o, dict) else o
+                          for o in objectives] if isinstance(objectives, list) else objectives
+
+
+WALL = {"metric": "kubetune:wall_seconds", "goal": "minimize"}
+OWN = {"metric": "$metric", "goal": "maximize"}
+
+
 def _template_size(spec: dict[str, Any], size: int) -> None:
     spec["trialTemplate"]["template"]["metadata"] = {"annotations": {"blob": "x" * size}}
 
@@ -268,6 +285,13 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any], Any], None], list[Any]]] = 
         ("trialTemplate.metricsPath", "no-slash"), ("earlyStopping", {"rule": "asha"}), ("suspend", "no"),
     ]),
     "many-parameters": (_many_parameters, [64, 65, 200]),
+    "objectives": (_objectives, [
+        (False, [OWN, WALL]), (True, [OWN, WALL]), (False, [OWN, OWN]), (False, []), (False, "accuracy"),
+        (False, [OWN, WALL, *({"metric": f"m{i}", "goal": "minimize"} for i in range(3))]), (False, [WALL, OWN]),
+        (False, [OWN, {"metric": "kubetune:joules", "goal": "minimize"}]), (False, [{**OWN, "primary": "yes"}]),
+        (False, [OWN, {**WALL, "promql": "up"}]), (False, [{**OWN, "primary": True}, {**WALL, "primary": True}]),
+        (False, [{**OWN, "primary": True}, {"metric": "other", "goal": "minimize", "promql": "vector(1)"}]),
+    ]),
     "values": (_values, [
         [f"v{i}" for i in range(256)], [f"v{i}" for i in range(257)], [f"v{i}" for i in range(5000)],
         ["x" * 200_000], ["ok", "\u0001\u001b[31m"], [True, False],

@@ -164,7 +164,8 @@ def test_a_second_objective_from_promql_reaches_the_trials_and_the_front(
             "objectives": [
                 {"metric": "score", "goal": "maximize"},
                 {"metric": "energy", "goal": "minimize",
-                 "promql": 'last_over_time(my_energy_joules{kubetune_io_trial="{{trial}}"}[15m])'},
+                 "promql": 'last_over_time(my_energy_joules{namespace="{{namespace}}", '
+                           'kubetune_io_trial="{{trial}}"}[15m])'},
             ],
             "parameters": [{"name": "x", "type": "discrete", "values": [0.2, 0.5, 0.9]}],
             "algorithm": {"name": "grid"},
