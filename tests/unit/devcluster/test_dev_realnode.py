@@ -32,7 +32,7 @@ def config(tmp_path: Path, **overrides: object) -> ClusterConfig:
         home=tmp_path,
         bin_dir=tmp_path / "bin",
         python=Path("/usr/bin/python3"),
-        ports=Ports(1, 2, 3, 4, 5, 6, 7),
+        ports=Ports(1, 2, 3, 4, 5, 6, 7, 8),
         node_kind="real",
         node_network_index=33,
     )
