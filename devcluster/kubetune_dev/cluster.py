@@ -78,6 +78,8 @@ class ClusterInfo:
     reused: bool
     node_kind: str = "agent"
     registry: str = ""  # host:port of the local OCI registry
+    # Prometheus as pods reach it: the node proxy's address on a real node, loopback under the agent.
+    pod_prometheus_url: str = ""
 
     @property
     def layout(self) -> Layout:
@@ -93,6 +95,8 @@ class ClusterInfo:
             "KUBETUNE_PROMETHEUS_URL": self.prometheus_url,
             "KUBETUNE_DEV_HOME": str(self.home),
         }
+        if self.pod_prometheus_url:
+            env["KUBETUNE_POD_PROMETHEUS_URL"] = self.pod_prometheus_url
         if self.registry:
             env["KUBETUNE_REGISTRY"] = self.registry
             # The images of the last `make images`, by digest in this cluster's registry.
@@ -176,6 +180,8 @@ class DevCluster:
             reused=reused,
             node_kind=cfg.node_kind,
             registry=cfg.registry_address if cfg.ports.registry else "",
+            pod_prometheus_url=(f"http://{cfg.node_network.node_ip}:{cfg.ports.prometheus}" if cfg.node_kind == "real"
+                                else cfg.prometheus_url),
         )
 
     def status(self) -> dict[str, bool]:

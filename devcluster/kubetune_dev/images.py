@@ -46,7 +46,6 @@ IMAGES_DIR = CACHE / "images"
 STATE_FILE = IMAGES_DIR / "images.json"
 REGISTRY_STORAGE = default_storage()
 TAG = "0.1.0"
-PUBLIC_REGISTRY = "ghcr.io"  # where released images live: ghcr.io/kubetune/operator, ghcr.io/kubetune/trainer
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBOOTSTRAP = ("--variant=minbase", "--include=python3,python3-venv,python-is-python3,ca-certificates", "bookworm")

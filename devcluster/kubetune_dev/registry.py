@@ -14,6 +14,9 @@ import urllib.request
 from pathlib import Path
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
+# Where released images live (ghcr.io/kubetune/operator, ghcr.io/kubetune/trainer); the real node's
+# containerd treats the local registry as its mirror.
+PUBLIC_REGISTRY = "ghcr.io"
 
 
 def default_storage() -> Path:

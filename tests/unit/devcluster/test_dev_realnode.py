@@ -190,3 +190,9 @@ def test_a_loopback_registry_is_pulled_from_over_plain_http() -> None:
     hosts = tomllib.loads(text)
     assert hosts["server"] == "http://127.0.0.1:40123"
     assert hosts["host"]["http://127.0.0.1:40123"]["capabilities"] == ["pull", "resolve"]
+
+
+def test_the_local_registry_mirrors_the_public_one() -> None:
+    hosts = tomllib.loads(realnode.build_registry_mirror("ghcr.io", "127.0.0.1:40123"))
+    assert hosts["server"] == "https://ghcr.io"  # the upstream, asked only when the mirror lacks an image
+    assert hosts["host"]["http://127.0.0.1:40123"]["capabilities"] == ["pull", "resolve"]
