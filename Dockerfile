@@ -30,10 +30,13 @@ LABEL org.opencontainers.image.title="kubetune-operator" \
       org.opencontainers.image.description="Kubernetes-native hyperparameter tuning operator" \
       org.opencontainers.image.source="https://github.com/kubetune/kubetune" \
       org.opencontainers.image.licenses="Apache-2.0"
+# USER: Kopf names the operator after getpass.getuser(), which fails for a UID without a passwd
+# entry (65532 here, or any runAsUser a cluster assigns) unless this is set.
 ENV PATH=/opt/kubetune/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/tmp
+    HOME=/tmp \
+    USER=kubetune
 COPY --from=build /opt/kubetune /opt/kubetune
 # 65532: the conventional "nonroot" UID/GID; numeric, so runAsNonRoot can verify it.
 USER 65532:65532
