@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubetune_harness import REPO, Cluster, create_namespace, prometheus_query, wait_for
+from kubetune_harness import REPO, Cluster, create_namespace
 
 from kubetune_dev import images
 from kubetune_dev.cluster import ClusterInfo
@@ -72,10 +72,3 @@ def test_the_chart_runs_the_operator_image_and_an_example_job_of_trainer_contain
         assert pod.spec.containers[0].image == "ghcr.io/kubetune/trainer:0.1.0"
         assert pod.status.container_statuses[0].image_id  # pulled and run by containerd
         assert pod.status.pod_ip and pod.status.host_ip != pod.status.pod_ip  # a pod IP on the node's bridge
-
-    def scraped() -> bool | None:
-        series = prometheus_query(real_cluster.prometheus_url,
-                                  f'kubetune_trial_metric{{namespace="{real_namespace}",metric="val_accuracy"}}')
-        return True if series else None
-
-    wait_for("the trials' curves in Prometheus", scraped, timeout=120)
