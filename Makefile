@@ -8,9 +8,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export KUBETUNE_CACHE ?= $(HOME)/.cache/kubetune
 
-.PHONY: setup system-deps binaries venv test unit e2e demo demo-down crds check-crds lint typecheck bench bench-operator clean
+.PHONY: setup system-deps binaries venv images test unit e2e demo demo-down crds check-crds lint typecheck bench bench-operator clean
 
-setup: system-deps binaries venv
+setup: system-deps binaries venv images
 
 system-deps:
 	bash hack/install-system-deps.sh
@@ -18,12 +18,16 @@ system-deps:
 binaries:
 	bash hack/build-binaries.sh
 
+# The operator and trainer images from their Dockerfiles, pushed to the local registry (cached by content).
+images: system-deps venv
+	bash hack/build-images.sh
+
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml devcluster/pyproject.toml
+$(STAMP): pyproject.toml devcluster/pyproject.toml trainer-image/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]' -e devcluster
+	$(PY) -m pip install --quiet -e '.[dev]' -e devcluster -e trainer-image
 	touch $(STAMP)
 
 # The one test command (README, CI): unit tests, then e2e on a real dev cluster.

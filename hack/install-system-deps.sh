@@ -9,7 +9,11 @@
 #   containernetworking-plugins - CNI bridge, host-local, portmap, loopback in /usr/lib/cni (1.1.1)
 #   iptables                    - kube-proxy (iptables mode) and CNI portmap (nf_tables backend)
 #   iproute2                    - ip netns / veth / routes for the node's network namespace
-#   busybox-static              - the real node's small test image (kubetune_dev/images.py)
+#   busybox-static              - the real node's small test image (kubetune_dev/nodeimages.py)
+# and for the project's images (`make images`, devcluster/kubetune_dev/images.py):
+#   podman          - builds the Dockerfiles without a daemon (with runc) and pushes to the registry
+#   debootstrap     - the Debian bookworm rootfs of the python base image (public registries are out of reach)
+#   docker-registry - the CNCF distribution registry on loopback (`kubetune dev up`'s `registry`)
 # Idempotent: packages already installed are skipped; `apt-get update` runs at most once, and only
 # when something is missing.
 #
@@ -18,7 +22,8 @@
 set -euo pipefail
 
 PACKAGES=(util-linux mount openssl procps ca-certificates
-  runc containernetworking-plugins iptables iproute2 busybox-static)
+  runc containernetworking-plugins iptables iproute2 busybox-static
+  podman debootstrap docker-registry)
 
 log() { printf '[install-system-deps] %s\n' "$*" >&2; }
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from kubetune.k8s.sync import KubeApi, NotFound
-from kubetune_dev import components, preflight, procs
+from kubetune_dev import components, images, preflight, procs
 from kubetune_dev.agentstate import load_records
 from kubetune_dev.components import ClusterConfig, Ports
 from kubetune_dev.layout import (
@@ -42,6 +42,7 @@ from kubetune_dev.pki import NodeIdentity, build_cluster_pki
 from kubetune_dev.prometheus import build_prometheus_config
 from kubetune_dev.realcluster import RealNode
 from kubetune_dev.realnode import DEFAULT_REAL_NODE_NAME
+from kubetune_dev.registry import default_storage, registry_config, registry_ready
 
 DEFAULT_TIMEOUT = 300.0
 # Any of these in a home means a cluster (perhaps half-started or crashed) lives there.
@@ -53,6 +54,7 @@ COMMANDS: dict[str, Callable[[ClusterConfig], list[str]]] = {
     "kube-scheduler": components.scheduler_command,
     "agent": components.agent_command,
     "prometheus": components.prometheus_command,
+    "registry": components.registry_command,
 }
 # Log lines that explain a component that would not start, with what to do about them.
 LOG_HINTS: tuple[tuple[str, str], ...] = (
@@ -75,6 +77,9 @@ class ClusterInfo:
     bin_dir: Path
     reused: bool
     node_kind: str = "agent"
+    registry: str = ""  # host:port of the local OCI registry
+    # Prometheus as pods reach it: the node proxy's address on a real node, loopback under the agent.
+    pod_prometheus_url: str = ""
 
     @property
     def layout(self) -> Layout:
@@ -85,11 +90,20 @@ class ClusterInfo:
         return self.layout.pod_log(namespace, name, uid, container)
 
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "KUBECONFIG": str(self.kubeconfig),
             "KUBETUNE_PROMETHEUS_URL": self.prometheus_url,
             "KUBETUNE_DEV_HOME": str(self.home),
         }
+        if self.pod_prometheus_url:
+            env["KUBETUNE_POD_PROMETHEUS_URL"] = self.pod_prometheus_url
+        if self.registry:
+            env["KUBETUNE_REGISTRY"] = self.registry
+            # The images of the last `make images`, by digest in this cluster's registry.
+            for name in ("operator", "trainer"):
+                if (image := images.reference(name, self.registry)) is not None:
+                    env[f"KUBETUNE_{name.upper()}_IMAGE"] = image
+        return env
 
     def exports(self) -> str:
         lines = [f"export {key}={value}" for key, value in self.env().items()]
@@ -165,6 +179,9 @@ class DevCluster:
             bin_dir=cfg.bin_dir,
             reused=reused,
             node_kind=cfg.node_kind,
+            registry=cfg.registry_address if cfg.ports.registry else "",
+            pod_prometheus_url=(f"http://{cfg.node_network.node_ip}:{cfg.ports.prometheus}" if cfg.node_kind == "real"
+                                else cfg.prometheus_url),
         )
 
     def status(self) -> dict[str, bool]:
@@ -261,7 +278,8 @@ class DevCluster:
         ]
 
     def _new_config(self) -> ClusterConfig:
-        names = ("etcd_client", "etcd_peer", "apiserver", "controller_manager", "scheduler", "agent", "prometheus")
+        names = ("etcd_client", "etcd_peer", "apiserver", "controller_manager", "scheduler", "agent", "prometheus",
+                 "registry")
         pinned = {key.replace("-", "_"): port for key, port in self.pinned_ports.items()}
         unknown = set(pinned) - set(names)
         if unknown:
@@ -299,6 +317,7 @@ class DevCluster:
         # First, so a crash from here on leaves a cluster `down`/`up` can recognise and clean.
         procs.write_atomic(lay.cluster_file, cfg.to_json())
         self._write_credentials(cfg)
+        procs.write_atomic(lay.registry_config, registry_config(default_storage(), cfg.ports.registry))
         procs.write_atomic(
             lay.prometheus_config,
             yaml.safe_dump(
@@ -397,6 +416,8 @@ class DevCluster:
             return _http_ok(f"https://127.0.0.1:{port}/healthz", insecure)
         if name == "prometheus":
             return _http_ok(f"{cfg.prometheus_url}/-/ready")
+        if name == "registry":
+            return registry_ready(cfg.registry_address)
         if name in REAL_NODE_COMPONENTS and name != "kubelet":
             return RealNode(cfg, self._log).ready(name, self._api(), self._holder_pid())
         node = self._api().get(f"/api/v1/nodes/{cfg.node_name}")
@@ -515,7 +536,7 @@ class DevCluster:
 
 def _start_groups(cfg: ClusterConfig) -> list[tuple[str, ...]]:
     """Components started together (then waited on together), group by group."""
-    control_plane = [("etcd",), ("kube-apiserver",), ("kube-controller-manager", "kube-scheduler")]
+    control_plane = [("registry", "etcd"), ("kube-apiserver",), ("kube-controller-manager", "kube-scheduler")]
     if cfg.node_kind == "real":
         node = [(name,) for name in REAL_NODE_COMPONENTS[:-2]] + [REAL_NODE_COMPONENTS[-2:], ("prometheus",)]
         return [*control_plane, *node]

@@ -11,6 +11,7 @@ from typing import Any
 from kubetune_dev.allocators import POD_NETWORK
 from kubetune_dev.layout import Layout, components_of
 from kubetune_dev.realnode import NodeNetwork
+from kubetune_dev.registry import REGISTRY_BINARY
 
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_CLUSTER_IP = "10.0.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
@@ -28,6 +29,7 @@ class Ports:
     scheduler: int
     agent: int
     prometheus: int
+    registry: int = 0  # 0: a cluster.json written before the local registry existed
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,11 @@ class ClusterConfig:
     @property
     def prometheus_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.prometheus}"
+
+    @property
+    def registry_address(self) -> str:
+        """host:port of the local OCI registry (plain HTTP on loopback)."""
+        return f"127.0.0.1:{self.ports.registry}"
 
     @property
     def etcd_url(self) -> str:
@@ -247,6 +254,12 @@ def agent_command(cfg: ClusterConfig) -> list[str]:
         *([f"--owner={cfg.owner}", f"--cluster-home={cfg.home}"] if cfg.owner else []),
         *cfg.agent_args,
     ]
+
+
+def registry_command(cfg: ClusterConfig) -> list[str]:
+    """The CNCF distribution registry (Debian's docker-registry) serving the shared image storage
+    that `make images` pushes to (kubetune_dev/images.py)."""
+    return [REGISTRY_BINARY, "serve", str(cfg.layout.registry_config)]
 
 
 def prometheus_command(cfg: ClusterConfig) -> list[str]:

@@ -55,7 +55,7 @@ REAL_NODE_COMPONENTS: tuple[str, ...] = (
 def components_of(node_kind: str) -> tuple[str, ...]:
     """Start order; `down` stops in reverse so nothing loses its upstream while still running."""
     node = REAL_NODE_COMPONENTS if node_kind == "real" else ("agent",)
-    return (*CONTROL_PLANE, *node, "prometheus")
+    return ("registry", *CONTROL_PLANE, *node, "prometheus")
 
 
 # The node agent's cluster (the default kind of the Python API).
@@ -118,6 +118,10 @@ class Layout:
 
     def component_kubeconfig(self, component: str) -> Path:
         return self.home / f"{component}.kubeconfig"
+
+    @property
+    def registry_config(self) -> Path:
+        return self.home / "registry.yml"
 
     @property
     def prometheus_dir(self) -> Path:

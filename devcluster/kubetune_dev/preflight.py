@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kubetune_dev import realcluster, realnode
 from kubetune_dev.layout import KUBERNETES_VERSION, REAL_NODE_BINARIES, REQUIRED_BINARIES
+from kubetune_dev.registry import REGISTRY_BINARY
 
 BUILD_HINT = "run hack/build-binaries.sh (builds them into ~/.cache/kubetune; ~30 min the first time)"
 SYSTEM_DEPS_HINT = (
@@ -51,10 +52,13 @@ def check_binaries(bin_dir: Path, *, real_node: bool = False) -> list[Problem]:
 
 
 def check_host_tools() -> list[Problem]:
+    problems = []
     missing = [tool for tool in ("unshare", "mount") if shutil.which(tool) is None]
-    if not missing:
-        return []
-    return [Problem(f"{', '.join(missing)} not found on PATH (needed by the node agent)", SYSTEM_DEPS_HINT)]
+    if missing:
+        problems.append(Problem(f"{', '.join(missing)} not found on PATH (needed by the node agent)", SYSTEM_DEPS_HINT))
+    if not os.access(REGISTRY_BINARY, os.X_OK):
+        problems.append(Problem(f"{REGISTRY_BINARY} not found (the local image registry)", SYSTEM_DEPS_HINT))
+    return problems
 
 
 def check_real_node_host() -> list[Problem]:

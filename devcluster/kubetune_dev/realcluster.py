@@ -27,6 +27,7 @@ from kubetune.k8s.sync import KubeApi
 from kubetune_dev import nodehost, nodeimages, procs, realnode
 from kubetune_dev.components import ClusterConfig, build_kubeconfig
 from kubetune_dev.realnode import NodePaths
+from kubetune_dev.registry import PUBLIC_REGISTRY
 
 CNI_PLUGINS: tuple[str, ...] = ("bridge", "host-local", "portmap", "loopback")
 # Where Debian's containernetworking-plugins package puts them (hack/install-system-deps.sh).
@@ -80,6 +81,13 @@ class RealNode:
                 paths, runc=runc, cni_bin_dir=cni, sandbox_image=nodeimages.pause_image(cfg.bin_dir).name
             ),
         )
+        if cfg.ports.registry:  # containerd pulls kubetune's images from the local registry, over the node proxy
+            host, hosts = realnode.build_registry_hosts(cfg.registry_address)
+            mirror = realnode.build_registry_mirror(PUBLIC_REGISTRY, cfg.registry_address)
+            mirrors = {host: hosts, PUBLIC_REGISTRY: mirror}
+            for name, text in mirrors.items():
+                (paths.registry_hosts_dir / name).mkdir(parents=True, exist_ok=True)
+                procs.write_atomic(paths.registry_hosts_dir / name / "hosts.toml", text)
         cni_config = realnode.build_cni_config(network, paths)
         procs.write_atomic(paths.cni_conf_dir / "10-kubetune.conflist", realnode.to_json(cni_config))
         procs.write_atomic(paths.resolv_conf, "")
@@ -108,11 +116,14 @@ class RealNode:
         if name == "node-namespace":
             return realnode.holder_command(network)
         if name == "node-proxy":
-            port = cfg.ports.apiserver
+            # The API server for the node and its pods; the registry for containerd (node loopback);
+            # Prometheus for pods (the operator's queries) on the node's address.
+            port, registry, prometheus = cfg.ports.apiserver, cfg.ports.registry, cfg.ports.prometheus
+            forwards = [f"127.0.0.1:{port}", f"{network.node_ip}:{port}", f"{network.node_ip}:{prometheus}"]
+            forwards += [f"127.0.0.1:{registry}"] if registry else []
             return [
                 str(cfg.python), "-m", "kubetune_dev.netns_proxy", f"--netns={network.netns_path}",
-                f"--forward=127.0.0.1:{port}=127.0.0.1:{port}",
-                f"--forward={network.node_ip}:{port}=127.0.0.1:{port}",
+                *(f"--forward={listen}=127.0.0.1:{listen.rpartition(':')[2]}" for listen in forwards),
                 f"--ready-file={paths.root / 'node-proxy.ready'}",
             ]  # fmt: skip
         if name == "device-plugin":

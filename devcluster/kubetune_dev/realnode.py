@@ -291,6 +291,13 @@ def build_containerd_config(
     return "\n".join(lines)
 
 
+def build_registry_mirror(upstream: str, address: str) -> str:
+    """containerd's hosts.toml making the local registry (`host:port`, plain HTTP) the mirror of
+    `upstream` (e.g. ghcr.io): the images `make images` pushed are found under their public names,
+    so manifests written for a real cluster (`ghcr.io/kubetune/trainer:0.1.0`) run unchanged."""
+    return f'server = "https://{upstream}"\n\n[host."http://{address}"]\n  capabilities = ["pull", "resolve"]\n'
+
+
 def build_registry_hosts(address: str) -> tuple[str, str]:
     """containerd's hosts.toml for a plain-HTTP registry on loopback (`host:port`): the directory name
     under `certs.d` and the file. Inside the node, the node proxy carries `address` to the host's."""

@@ -29,8 +29,20 @@ OPTIONAL_COMMAND_MODULES: tuple[str, ...] = ("kubetune_dev.cli",)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetune", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
+    missing: set[str] = set()
     for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            # The slim `kubetune` (a training image's reporting API) lacks the operator's dependencies.
+            if error.name is None or error.name.startswith("kubetune"):
+                raise
+            missing.add(error.name.partition(".")[0])
+            continue
+        module.register(subparsers)
+    if missing:
+        parser.epilog = (f"Commands that need {', '.join(sorted(missing))} are not installed: "
+                         "pip install 'kubetune[operator]'.")
     for module_name in OPTIONAL_COMMAND_MODULES:
         if importlib.util.find_spec(module_name.partition(".")[0]) is not None:
             importlib.import_module(module_name).register(subparsers)

@@ -499,3 +499,44 @@ def test_a_restarted_kubelet_keeps_running_containers_and_the_device_plugin_regi
     assert pod.status.phase == "Running"
     assert pod.status.container_statuses[0].container_id == before  # the same container, never restarted
     assert pod.status.container_statuses[0].restart_count == 0
+
+
+def kubetune_image_pod(info: ClusterInfo, name: str, image_name: str, args: list[str]) -> client.V1Pod:
+    """A pod of one of kubetune's own images, by digest from the cluster's registry, with the
+    `restricted` profile and a read-only root filesystem (a writable /tmp, as the chart gives)."""
+    from kubetune_dev import images
+
+    reference = images.reference(image_name, info.registry)
+    assert reference is not None, f"no {image_name} image: run `make images`"
+    security = restricted_container_context()
+    security.read_only_root_filesystem = True
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1PodSpec(
+            restart_policy="Never",
+            security_context=restricted_pod_context(),
+            containers=[client.V1Container(
+                name="main", image=reference, args=args, security_context=security,
+                volume_mounts=[client.V1VolumeMount(name="tmp", mount_path="/tmp")],
+            )],
+            volumes=[client.V1Volume(name="tmp", empty_dir=client.V1EmptyDirVolumeSource())],
+        ),
+    )
+
+
+@pytest.mark.images
+def test_kubetune_images_are_pulled_by_digest_from_the_local_registry_and_run(
+    real_cluster: ClusterInfo, real_kube: Kube, real_namespace: str
+) -> None:
+    """containerd pulls through the node proxy from the registry `make images` pushed to; the images'
+    own users satisfy runAsNonRoot."""
+    ns = real_namespace
+    real_kube.core.create_namespaced_pod(ns, kubetune_image_pod(real_cluster, "operator", "operator", ["--help"]))
+    real_kube.core.create_namespaced_pod(ns, kubetune_image_pod(
+        real_cluster, "trainer", "trainer", ["--epochs", "1", "--metrics-port", "0"]))
+    for name in ("operator", "trainer"):
+        pod = wait_phase(real_kube, ns, name, "Succeeded", "Failed", timeout=900)
+        assert pod.status.phase == "Succeeded", (name, logs(real_kube, ns, name)[-2000:])
+        assert pod.status.container_statuses[0].image_id.endswith(pod.spec.containers[0].image.split("@")[1])
+    assert "operator" in logs(real_kube, ns, "operator")
+    assert "val_accuracy" in logs(real_kube, ns, "trainer")

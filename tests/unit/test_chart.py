@@ -76,7 +76,7 @@ def test_deployment_is_hardened_and_single() -> None:
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     container = pod["containers"][0]
     assert container["command"] == ["kubetune", "operator"]
-    assert container["image"] == "ghcr.io/kubetune/kubetune:0.1.0"  # tag defaults to appVersion
+    assert container["image"] == "ghcr.io/kubetune/operator:0.1.0"  # tag defaults to appVersion
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
@@ -149,6 +149,15 @@ def test_values_reach_the_operator() -> None:
     assert container["image"].endswith(":1.2.3")
     assert container["args"] == ["--verbose"]
     assert "metrics" not in {p["name"] for p in container["ports"]}
+
+
+def test_an_image_digest_pins_the_operator() -> None:
+    digest = "sha256:" + "ab" * 32
+    pinned = one(render("--set", f"image.digest={digest}", "--set", "image.registry=127.0.0.1:5000"), "Deployment")
+    image = pinned["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"127.0.0.1:5000/kubetune/operator@{digest}"  # the tag is not used
+    bare = one(render("--set", "image.registry=", "--set", "image.repository=example.org/ops/kubetune"), "Deployment")
+    assert bare["spec"]["template"]["spec"]["containers"][0]["image"] == "example.org/ops/kubetune:0.1.0"
 
 
 def test_the_service_selects_only_the_operator_pod() -> None:

@@ -32,7 +32,7 @@ def config(tmp_path: Path, **overrides: object) -> ClusterConfig:
         home=tmp_path,
         bin_dir=tmp_path / "bin",
         python=Path("/usr/bin/python3"),
-        ports=Ports(1, 2, 3, 4, 5, 6, 7),
+        ports=Ports(1, 2, 3, 4, 5, 6, 7, 8),
         node_kind="real",
         node_network_index=33,
     )
@@ -189,4 +189,10 @@ def test_a_loopback_registry_is_pulled_from_over_plain_http() -> None:
     assert directory == "127.0.0.1:40123"
     hosts = tomllib.loads(text)
     assert hosts["server"] == "http://127.0.0.1:40123"
+    assert hosts["host"]["http://127.0.0.1:40123"]["capabilities"] == ["pull", "resolve"]
+
+
+def test_the_local_registry_mirrors_the_public_one() -> None:
+    hosts = tomllib.loads(realnode.build_registry_mirror("ghcr.io", "127.0.0.1:40123"))
+    assert hosts["server"] == "https://ghcr.io"  # the upstream, asked only when the mirror lacks an image
     assert hosts["host"]["http://127.0.0.1:40123"]["capabilities"] == ["pull", "resolve"]
