@@ -30,6 +30,9 @@ from kubetune.api.models import (
     TuningJobPhase,
     TuningJobSpec,
     TuningJobStatus,
+    WorkloadKind,
+    WorkloadTemplate,
+    resolve_path,
 )
 
 __all__ = [
@@ -62,4 +65,7 @@ __all__ = [
     "TuningJobPhase",
     "TuningJobSpec",
     "TuningJobStatus",
+    "WorkloadKind",
+    "WorkloadTemplate",
+    "resolve_path",
 ]
