@@ -236,3 +236,23 @@ def workload_view(workload: dict[str, Any], pods: list[dict[str, Any]], success:
         created_at=stuck.created_at if stuck is not None else metadata.get("creationTimestamp"),
         not_starting=stuck.not_starting if stuck is not None else None,
     )
+
+
+def workload_views(workloads: list[dict[str, Any]], pods: list[dict[str, Any]], success: str, failure: str,
+                   reporting: dict[str, str], primary_container: str | None = None) -> list[PodView]:
+    """Every workload of a job as an attempt view, each with its own pods (found by the trial and attempt
+    labels every pod template of a trial's workload carries)."""
+    by_attempt: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        by_attempt.setdefault((str(labels.get(naming.LABEL_TRIAL)), str(labels.get(naming.LABEL_ATTEMPT))),
+                              []).append(pod)
+    views = []
+    for workload in workloads:
+        metadata = workload.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        own = by_attempt.get((str(labels.get(naming.LABEL_TRIAL)), str(labels.get(naming.LABEL_ATTEMPT))), [])
+        view = workload_view(workload, own, success, failure, reporting, primary_container)
+        if view is not None:
+            views.append(view)
+    return views

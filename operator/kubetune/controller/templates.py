@@ -156,6 +156,12 @@ class Resource:
 POD_RESOURCE = Resource("", "v1", "pods")
 
 
+def parse_resource(text: str) -> Resource:
+    """`group/version/plural` (KUBETUNE_WORKLOAD_KINDS) as a Resource."""
+    group, version, plural = text.strip().split("/")
+    return Resource(group, version, plural)
+
+
 def trial_resource(job: TuningJob) -> Resource:
     workload = job.spec.trial_template.workload
     if workload is None:
