@@ -23,6 +23,9 @@ CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.2.9}"
 CRICTL_VERSION="${CRICTL_VERSION:-v1.34.0}"
 # The CoreDNS release kubeadm 1.34 deploys.
 COREDNS_VERSION="${COREDNS_VERSION:-v1.12.1}"
+# JobSet (sigs.k8s.io/jobset): the controller that runs JobSet trials (trialTemplate.workload) on the dev
+# cluster, and its CRD, taken from the same module.
+JOBSET_VERSION="${JOBSET_VERSION:-v0.10.1}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MIN_GO_MINOR=24
 CACHE="${KUBETUNE_CACHE:-$HOME/.cache/kubetune}"
@@ -213,6 +216,29 @@ build_coredns() {
   )
 }
 
+build_jobset() {
+  local v="$JOBSET_VERSION" out
+  out="$(out_dir jobset-controller "$v")"
+  if [[ -x "$out/jobset-controller" && -f "$out/jobset.x-k8s.io_jobsets.yaml" ]]; then
+    log "jobset $v: cached"; return
+  fi
+  local work="$CACHE/src/jobset-$v"
+  rm -rf "$work"; mkdir -p "$work" "$out"
+  (
+    cd "$work"
+    # A wrapper module: the controller's main package is the module root (sigs.k8s.io/jobset).
+    go mod init kubetune.local/jobset-build >/dev/null 2>&1
+    log "jobset $v: resolving modules"
+    go get "sigs.k8s.io/jobset@$v"
+    timed jobset-controller "$v" env CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-local}" go build -trimpath \
+      -ldflags "-s -w -X sigs.k8s.io/jobset/pkg/version.GitVersion=$v" -o "$out/jobset-controller.tmp" \
+      sigs.k8s.io/jobset
+    local module; module="$(go list -m -f '{{.Dir}}' "sigs.k8s.io/jobset")"
+    install -m 0444 "$module/config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml" "$out/"
+    mv "$out/jobset-controller.tmp" "$out/jobset-controller"
+  )
+}
+
 # The pod sandbox's process, versioned by its source so an edit rebuilds it.
 PAUSE_SOURCE="$REPO_ROOT/devcluster/images/pause"
 PAUSE_VERSION="src-$(cat "$PAUSE_SOURCE/go.mod" "$PAUSE_SOURCE/main.go" | sha256sum | cut -c1-12)"
@@ -238,6 +264,7 @@ main() {
   build_crictl
   build_coredns
   build_pause
+  build_jobset
   # One stable directory of links, so callers need only KUBETUNE_CACHE.
   mkdir -p "$CACHE/current"
   ln -sfn "$(out_dir etcd "$ETCD_VERSION")/etcd" "$CACHE/current/etcd"
@@ -253,6 +280,9 @@ main() {
   ln -sfn "$(out_dir crictl "$CRICTL_VERSION")/crictl" "$CACHE/current/crictl"
   ln -sfn "$(out_dir coredns "$COREDNS_VERSION")/coredns" "$CACHE/current/coredns"
   ln -sfn "$(out_dir pause "$PAUSE_VERSION")/pause" "$CACHE/current/pause"
+  ln -sfn "$(out_dir jobset-controller "$JOBSET_VERSION")/jobset-controller" "$CACHE/current/jobset-controller"
+  ln -sfn "$(out_dir jobset-controller "$JOBSET_VERSION")/jobset.x-k8s.io_jobsets.yaml" \
+    "$CACHE/current/jobset.x-k8s.io_jobsets.yaml"
   log "binaries ready in $CACHE/current"
 }
 

@@ -34,6 +34,9 @@ from kubetune.api.models import (
     TuningJobPhase,
     TuningJobSpec,
     TuningJobStatus,
+    WorkloadKind,
+    WorkloadTemplate,
+    resolve_path,
 )
 
 __all__ = [
@@ -70,4 +73,7 @@ __all__ = [
     "TuningJobPhase",
     "TuningJobSpec",
     "TuningJobStatus",
+    "WorkloadKind",
+    "WorkloadTemplate",
+    "resolve_path",
 ]

@@ -15,6 +15,7 @@ Two layers of validation share one meaning:
 from __future__ import annotations
 
 import math
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -690,17 +691,141 @@ class PodTemplate(BaseModel):
     spec: PodSpecTemplate
 
 
+# A workload's condition to wait for: a condition type (CamelCase, read from status.conditions), else a CEL
+# expression over the object.
+CONDITION_TYPE_PATTERN = r"^[A-Z][A-Za-z0-9]*$"
+# A path into a workload: dot-separated keys, `[*]` for every item of a list, `[N]` for one.
+WORKLOAD_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*(\[(\*|[0-9]+)\])?(\.[A-Za-z_][A-Za-z0-9_-]*(\[(\*|[0-9]+)\])?)*$"
+
+
+class WorkloadKind(StrEnum):
+    """Workload kinds kubetune knows the shape of (anything else names its paths and conditions)."""
+
+    JOB = "Job"
+    JOBSET = "JobSet"
+
+
+# Per known kind: (API groups, success condition, failure condition, pod template paths).
+KNOWN_WORKLOADS: dict[str, tuple[tuple[str, ...], str, str, tuple[str, ...]]] = {
+    WorkloadKind.JOB: (("batch",), "Complete", "Failed", ("spec.template",)),
+    WorkloadKind.JOBSET: (("jobset.x-k8s.io",), "Completed", "Failed",
+                          ("spec.replicatedJobs[*].template.spec.template",)),
+}
+
+_KNOWN_KINDS_CEL = " || ".join(
+    f"(self.kind == '{kind}' && self.apiVersion.startsWith('{groups[0]}/'))" for kind, (groups, *_) in
+    KNOWN_WORKLOADS.items())
+
+
+def _known_kind(api_version: str, kind: str) -> bool:
+    known = KNOWN_WORKLOADS.get(kind)
+    return known is not None and api_version.split("/")[0] in known[0]
+
+
+class WorkloadTemplate(KubeModel):
+    """A trial as any workload object (batch Job, JobSet, Kubeflow TrainJob, ...) instead of a bare pod."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            (f"{_KNOWN_KINDS_CEL} || (has(self.successCondition) && has(self.failureCondition)"
+             " && has(self.podTemplates))",
+             "a workload of a kind other than batch/v1 Job or JobSet needs successCondition, failureCondition "
+             "and podTemplates"),
+        )
+    )
+
+    api_version: str = Field(max_length=253, pattern=r"^([a-z0-9.-]+/)?v[0-9]+[a-z0-9]*$",
+                             description="The workload's apiVersion, e.g. batch/v1 or jobset.x-k8s.io/v1alpha2.")
+    kind: str = Field(max_length=63, pattern=r"^[A-Z][A-Za-z0-9]*$", description="The workload's kind.")
+    resource: str | None = Field(
+        default=None, max_length=63, pattern=r"^[a-z][a-z0-9]*$",
+        description="The kind's resource (plural) name. Default: the kind in lower case plus 's' (jobs, jobsets, "
+                    "trainjobs). The operator must be allowed to watch it (the chart's workloadKinds).")
+    metadata: PodMetadataTemplate | None = Field(default=None, description="Labels and annotations of the workload.")
+    spec: dict[str, Any] = Field(
+        description="The workload's spec. ${params.<name>} is substituted literally in every string (with `$` "
+                    "doubled, as in a container's command); kubetune names the object <trial>-<attempt>.")
+    success_condition: str | None = Field(
+        default=None, max_length=1024,
+        description="When the trial succeeded: a condition type that is True in status.conditions (CamelCase, "
+                    "e.g. Complete), or a CEL expression over `object` (e.g. `object.status.succeeded >= 2`). "
+                    "Default: Complete for a Job, Completed for a JobSet.")
+    failure_condition: str | None = Field(
+        default=None, max_length=1024,
+        description="When the trial's attempt failed (retried per retries, as a new workload), as "
+                    "successCondition. Default: Failed for a Job and a JobSet.")
+    pod_templates: list[Annotated[str, Field(max_length=253, pattern=WORKLOAD_PATH_PATTERN)]] | None = Field(
+        default=None, max_length=16,
+        description="Paths of the PodTemplateSpecs in the object (e.g. spec.replicatedJobs[*].template.spec."
+                    "template): each gets the trial's labels (how the operator finds its pods), the restricted "
+                    "security defaults, and the parameter env vars in every container. Default: spec.template "
+                    "for a Job, spec.replicatedJobs[*].template.spec.template for a JobSet.")
+    containers: list[Annotated[str, Field(max_length=253, pattern=WORKLOAD_PATH_PATTERN)]] | None = Field(
+        default=None, max_length=16,
+        description="Paths of further container-like objects that get the parameter env vars (e.g. spec.trainer "
+                    "of a Kubeflow TrainJob, which builds its pods itself).")
+    reporting_pod: dict[str, str] | None = Field(
+        default=None,
+        description="Labels of the pod whose termination message and metrics are the trial's (rank 0). Default: "
+                    "completion index 0 of a Job (batch.kubernetes.io/job-completion-index: \"0\"); the first "
+                    "replicated job's job index 0, completion index 0 of a JobSet.")
+
+    @property
+    def known(self) -> bool:
+        return _known_kind(self.api_version, self.kind)
+
+    @property
+    def plural(self) -> str:
+        return self.resource or f"{self.kind.lower()}s"
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+    def conditions(self) -> tuple[str, str]:
+        """(success, failure) conditions, the kind's defaults filled in."""
+        known = KNOWN_WORKLOADS.get(self.kind) if self.known else None
+        success = self.success_condition or (known[1] if known else "")
+        failure = self.failure_condition or (known[2] if known else "")
+        return success, failure
+
+    def pod_template_paths(self) -> list[str]:
+        if self.pod_templates is not None:
+            return list(self.pod_templates)
+        known = KNOWN_WORKLOADS.get(self.kind) if self.known else None
+        return list(known[3]) if known else []
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> WorkloadTemplate:
+        if not self.known and (self.success_condition is None or self.failure_condition is None
+                               or self.pod_templates is None):
+            raise ValueError(f"trialTemplate.workload: a {self.api_version} {self.kind} needs successCondition, "
+                             "failureCondition and podTemplates (kubetune knows only batch/v1 Job and JobSet)")
+        return self
+
+
 class TrialTemplate(KubeModel):
-    """How each trial runs: a pod template plus what kubetune adds to it."""
+    """How each trial runs: a pod template (or a workload object) plus what kubetune adds to it."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules((
+            "has(self.template) != has(self.workload)",
+            "trialTemplate needs exactly one of template (a pod) and workload (any workload object)")))
 
     primary_container: str | None = Field(
         default=None,
         max_length=63,
-        description="Container that trains and reports metrics (default: the first).",
+        description="Container that trains and reports metrics (default: the first; with a workload, the first of "
+                    "its first pod template).",
     )
-    retries: int = Field(default=0, ge=0, le=10, description="Times a failed trial pod is retried.")
+    retries: int = Field(default=0, ge=0, le=10,
+                         description="Times a failed trial pod (or workload, re-created whole) is retried.")
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Deadline of each trial's pod (default: none)."
+        default=None, ge=1, description="Deadline of each trial's pod (default: none; not applied to workloads)."
     )
     not_starting_timeout_seconds: int | None = Field(
         default=300,
@@ -710,7 +835,7 @@ class TrialTemplate(KubeModel):
             "CreateContainerConfigError, CreateContainerError, RunContainerError) fails with that reason once "
             "its pod is this old, instead of waiting forever; null waits (the reason stays in the Trial's status "
             "and the job's TrialsNotStarting condition either way). Not retried: a wrong image or a missing "
-            "Secret stays wrong."
+            "Secret stays wrong. With a workload: any of its pods."
         ),
     )
     unschedulable_timeout_seconds: int | None = Field(
@@ -724,18 +849,56 @@ class TrialTemplate(KubeModel):
     )
     metrics_port: int = Field(default=8000, ge=1, le=65535, description="Port the trial serves metrics on.")
     metrics_path: str = Field(default="/metrics", max_length=253, pattern=r"^/", description="Metrics HTTP path.")
-    template: PodTemplate = Field(description="The trial pod template (core/v1 PodTemplateSpec).")
+    template: PodTemplate | None = Field(
+        default=None, description="The trial pod template (core/v1 PodTemplateSpec); or set workload.")
+    workload: WorkloadTemplate | None = Field(
+        default=None, description="Each trial as a workload object (batch Job, JobSet, ...) instead of a pod.")
 
     @model_validator(mode="after")
     def _check_primary(self) -> TrialTemplate:
-        names = [c.name for c in self.template.spec.containers]
+        if (self.template is None) == (self.workload is None):
+            raise ValueError("trialTemplate needs exactly one of template (a pod) and workload")
+        names = self.container_names()
         if self.primary_container is not None and self.primary_container not in names:
             raise ValueError(f"trialTemplate: primaryContainer {self.primary_container!r} is not one of {names}")
         return self
 
+    def container_names(self) -> list[str]:
+        """Names of the trial pod's containers (with a workload, of its pod templates' containers)."""
+        if self.template is not None:
+            return [c.name for c in self.template.spec.containers]
+        assert self.workload is not None
+        names: list[str] = []
+        for path in self.workload.pod_template_paths():
+            for template in resolve_path(self.workload.spec, path.removeprefix("spec.")):
+                for container in (template.get("spec") or {}).get("containers") or []:
+                    if isinstance(container, dict) and isinstance(container.get("name"), str):
+                        names.append(container["name"])
+        return names
+
     @property
     def primary_container_name(self) -> str:
-        return self.primary_container or self.template.spec.containers[0].name
+        names = self.container_names()
+        return self.primary_container or (names[0] if names else "")
+
+
+_PATH_STEP = re.compile(r"^(?P<key>[^\[]+)(\[(?P<index>\*|[0-9]+)\])?$")
+
+
+def resolve_path(root: Any, path: str) -> list[dict[str, Any]]:
+    """The objects (dicts) at `path` (a WORKLOAD_PATH_PATTERN) under `root`; the same dicts, not copies."""
+    found: list[Any] = [root]
+    for step in path.split(".") if path else []:
+        match = _PATH_STEP.match(step)
+        if match is None:
+            return []
+        found = [node[match["key"]] for node in found if isinstance(node, dict) and match["key"] in node]
+        index = match["index"]
+        if index == "*":
+            found = [item for node in found if isinstance(node, list) for item in node]
+        elif index is not None:
+            found = [node[int(index)] for node in found if isinstance(node, list) and int(index) < len(node)]
+    return [node for node in found if isinstance(node, dict)]
 
 
 # --------------------------------------------------------------------------- the job

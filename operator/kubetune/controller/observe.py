@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from kubetune.api import GPU_SECONDS, WALL_SECONDS
+from kubetune.api.models import CONDITION_TYPE_PATTERN
 from kubetune.controller import naming
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -51,6 +54,10 @@ class PodView:
 
     def report(self) -> TerminationReport | None:
         return parse_termination_message(self.message)
+
+
+def _int(text: Any) -> int | None:
+    return int(text) if isinstance(text, str) and text.isdigit() else None
 
 
 def _floats(raw: Any) -> dict[str, float]:
@@ -162,12 +169,13 @@ def pod_costs(pods: Sequence[PodView]) -> dict[str, float]:
     return {WALL_SECONDS: wall, GPU_SECONDS: gpu}
 
 
-def pod_view(pod: dict[str, Any], primary_container: str | None = None) -> PodView | None:
-    """Summarise a trial pod; None for pods that do not follow the naming scheme."""
+def pod_view(pod: dict[str, Any], primary_container: str | None = None, named: bool = True) -> PodView | None:
+    """Summarise a trial pod; None for pods that do not follow the naming scheme (`named`: `<trial>-<attempt>`;
+    else the attempt label, as on a workload's pods)."""
     metadata = pod.get("metadata") or {}
     labels = metadata.get("labels") or {}
     trial = labels.get(naming.LABEL_TRIAL)
-    attempt = naming.attempt_of(metadata.get("name", ""))
+    attempt = naming.attempt_of(metadata.get("name", "")) if named else _int(labels.get(naming.LABEL_ATTEMPT))
     if not trial or attempt is None:
         return None
     status = pod.get("status") or {}
@@ -191,3 +199,111 @@ def pod_view(pod: dict[str, Any], primary_container: str | None = None) -> PodVi
         not_starting=not_starting(status) if status.get("phase", "Pending") == "Pending" else None,
         gpus=requested_gpus(pod.get("spec") or {}),
     )
+
+
+# --------------------------------------------------------------------------- workloads
+
+_CONDITION_TYPE = re.compile(CONDITION_TYPE_PATTERN)
+
+
+@functools.lru_cache(maxsize=256)
+def _cel_program(expression: str) -> Any:
+    # celpy is pure Python; imported here so that pod-only operators never pay for it.
+    import celpy
+
+    environment = celpy.Environment()
+    return environment.program(environment.compile(expression))
+
+
+def condition_problem(condition: str) -> str | None:
+    """Why a success/failure condition cannot be used (a CEL expression that does not compile); None if fine."""
+    if not condition or _CONDITION_TYPE.match(condition):
+        return None
+    try:
+        _cel_program(condition)
+    except Exception as error:  # celpy raises its own parse errors, of no common base class
+        return f"{condition!r} is not a condition type nor a CEL expression: {error}"
+    return None
+
+
+def condition_met(obj: dict[str, Any], condition: str) -> tuple[bool, str | None, str | None]:
+    """(met, reason, message): a condition type True in the object's status.conditions, or a CEL expression over
+    `object` that is true. An expression that cannot be evaluated yet (a status field still absent) is not met."""
+    if not condition:
+        return False, None, None
+    if _CONDITION_TYPE.match(condition):
+        for entry in (obj.get("status") or {}).get("conditions") or []:
+            if isinstance(entry, dict) and entry.get("type") == condition and entry.get("status") == "True":
+                return True, entry.get("reason") or condition, entry.get("message")
+        return False, None, None
+    from celpy.adapter import json_to_cel
+    from celpy.celtypes import BoolType
+
+    try:
+        result = _cel_program(condition).evaluate({"object": json_to_cel(obj)})
+    except Exception:  # a missing field or a type mismatch while the object is young: not yet
+        return False, None, None
+    # celpy answers its own BoolType, or an error value rather than raising.
+    return isinstance(result, BoolType) and bool(result), condition, None
+
+
+def _matches(pod: dict[str, Any], selector: dict[str, str]) -> bool:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def workload_view(workload: dict[str, Any], pods: list[dict[str, Any]], success: str, failure: str,
+                  reporting: dict[str, str], primary_container: str | None = None) -> PodView | None:
+    """One attempt of a workload trial, summarised like a trial pod: its phase from the success and failure
+    conditions (else Running once one of its pods runs), its result from the reporting pod (rank 0), and why
+    it cannot start from the first of its pods that cannot."""
+    metadata = workload.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    trial = labels.get(naming.LABEL_TRIAL)
+    attempt = naming.attempt_of(metadata.get("name", ""))
+    if not trial or attempt is None:
+        return None
+    pairs = [(p, v) for p, v in ((p, pod_view(p, primary_container, named=False)) for p in pods) if v is not None]
+    views = [v for _, v in pairs]
+    reporters = [v for p, v in pairs if _matches(p, reporting)]
+    reporter = min(reporters, key=lambda v: v.created_at or "", default=None)
+    failed, fail_reason, fail_message = condition_met(workload, failure)
+    succeeded, _, _ = (False, None, None) if failed else condition_met(workload, success)
+    report = reporter.message if reporter is not None and reporter.report() is not None else None
+    phase = "Failed" if failed else "Succeeded" if succeeded else \
+        "Running" if any(v.phase in ("Running", "Succeeded") for v in views) else "Pending"
+    stuck = next((v for v in views if v.not_starting is not None), None) if phase == "Pending" else None
+    return PodView(
+        name=metadata["name"],
+        trial=trial,
+        attempt=attempt,
+        phase=phase,
+        deleting=bool(metadata.get("deletionTimestamp")),
+        exit_code=reporter.exit_code if failed and reporter is not None else None,
+        reason=fail_reason if failed else None,
+        message=report or (fail_message if failed else None),
+        started_at=min((v.started_at for v in views if v.started_at), default=None),
+        finished_at=(reporter.finished_at if reporter is not None else None) if phase != "Running" else None,
+        created_at=stuck.created_at if stuck is not None else metadata.get("creationTimestamp"),
+        not_starting=stuck.not_starting if stuck is not None else None,
+    )
+
+
+def workload_views(workloads: list[dict[str, Any]], pods: list[dict[str, Any]], success: str, failure: str,
+                   reporting: dict[str, str], primary_container: str | None = None) -> list[PodView]:
+    """Every workload of a job as an attempt view, each with its own pods (found by the trial and attempt
+    labels every pod template of a trial's workload carries)."""
+    by_attempt: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        by_attempt.setdefault((str(labels.get(naming.LABEL_TRIAL)), str(labels.get(naming.LABEL_ATTEMPT))),
+                              []).append(pod)
+    views = []
+    for workload in workloads:
+        metadata = workload.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        own = by_attempt.get((str(labels.get(naming.LABEL_TRIAL)), str(labels.get(naming.LABEL_ATTEMPT))), [])
+        view = workload_view(workload, own, success, failure, reporting, primary_container)
+        if view is not None:
+            views.append(view)
+    return views

@@ -39,6 +39,7 @@ from kubetune.api import (
     TuningJobPhase,
     TuningJobSpec,
     TuningJobStatus,
+    resolve_path,
 )
 from kubetune.controller import naming
 from kubetune.controller.conditions import find_condition, remove_condition, set_condition
@@ -53,8 +54,22 @@ from kubetune.controller.ledger import (
     objective_vector,
     settle,
 )
-from kubetune.controller.observe import NOT_STARTING_REASONS, UNSCHEDULABLE, PodView, TerminationReport, pod_costs
-from kubetune.controller.templates import build_trial, build_trial_pod, template_placeholders
+from kubetune.controller.observe import (
+    NOT_STARTING_REASONS,
+    UNSCHEDULABLE,
+    PodView,
+    TerminationReport,
+    condition_problem,
+    pod_costs,
+)
+from kubetune.controller.templates import (
+    POD_RESOURCE,
+    Resource,
+    build_trial,
+    build_trial_attempt,
+    template_placeholders,
+    trial_resource,
+)
 from kubetune.search import History, StopDecision, non_dominated
 
 Curve = list[tuple[float, float]]
@@ -89,12 +104,17 @@ class Engine(Protocol):
 # --------------------------------------------------------------------------- actions
 
 
+# A trial's attempt is a pod, or a workload object (trialTemplate.workload): the "pod" actions below carry the
+# resource they are of.
+
+
 @dataclass(frozen=True)
 class CreateTrial:
-    """Create the Trial, then its first pod (owner reference filled in from the created Trial)."""
+    """Create the Trial, then its first pod or workload (owner reference filled in from the created Trial)."""
 
     trial: dict[str, Any]
     pod: dict[str, Any]
+    resource: Resource = POD_RESOURCE
 
 
 @dataclass(frozen=True)
@@ -103,12 +123,16 @@ class CreatePod:
     trial_uid: str
     pod: dict[str, Any]
     attempt: int
+    resource: Resource = POD_RESOURCE
 
 
 @dataclass(frozen=True)
 class DeletePod:
+    """Delete a trial's pod, or its whole workload (the garbage collector deletes its pods)."""
+
     name: str
     reason: str
+    resource: Resource = POD_RESOURCE
 
 
 @dataclass(frozen=True)
@@ -201,6 +225,15 @@ def validate_job(job: TuningJob) -> str | None:
     unknown = sorted(template_placeholders(job) - names)
     if unknown:
         return f"trialTemplate refers to unknown parameter(s): {', '.join('${params.' + n + '}' for n in unknown)}"
+    workload = job.spec.trial_template.workload
+    if workload is not None:
+        for condition in workload.conditions():
+            problem = condition_problem(condition)
+            if problem is not None:
+                return f"trialTemplate.workload: {problem}"
+        for path in workload.pod_template_paths():
+            if not resolve_path(workload.spec, path.removeprefix("spec.")):
+                return f"trialTemplate.workload.podTemplates: {path} matches no object in the workload"
     return None
 
 
@@ -279,8 +312,9 @@ def advance_trial(
     def new_attempt(number: int) -> None:
         if trial.metadata.uid is None:
             return
-        pod = build_trial_pod(job, name, number, trial.spec.parameters, trial.metadata.uid)
-        step.actions.append(CreatePod(trial=name, trial_uid=trial.metadata.uid, pod=pod, attempt=number))
+        pod = build_trial_attempt(job, name, number, trial.spec.parameters, trial.metadata.uid)
+        step.actions.append(CreatePod(trial=name, trial_uid=trial.metadata.uid, pod=pod, attempt=number,
+                                      resource=trial_resource(job)))
         status.attempts = number
         status.phase = TrialPhase.PENDING
 
@@ -422,7 +456,7 @@ def _not_starting(job: TuningJob, trial: Trial, pod: PodView, why: tuple[str, st
         status.reason = reason
         status.message = _short(f"pod {pod.name} could not start in {timeout}s: {message}", 2048)
         status.completion_time = _iso(now)
-        step.actions.append(DeletePod(pod.name, f"trial {name}: {reason}"))
+        step.actions.append(DeletePod(pod.name, f"trial {name}: {reason}", trial_resource(job)))
         step.actions.append(Event("Trial", name, "Warning", "TrialFailed", f"{reason}: {_short(status.message)}",
                                   transition_key(trial_id, "TrialFailed")))
         return
@@ -632,6 +666,7 @@ def plan(
 
     spec = job.spec
     job_id = job.metadata.uid or job.metadata.name
+    resource = trial_resource(job)
     base = ledger if ledger is not None else Ledger()
     finals = tuple(t for t in trials if t.status.phase in FINAL_PHASES and t.metadata.name not in base)
     # Final trials that came in the list: folded into a copy (never into the caller's ledger; rare, as the
@@ -658,7 +693,7 @@ def plan(
     for record in settled_with_pods:  # a pod still running (stopped trial, finished job) is stopped
         for pod in pods_by_trial[record.name]:
             if not pod.terminal and not pod.deleting:
-                result.actions.append(DeletePod(pod.name, f"trial {record.name} is {record.phase}"))
+                result.actions.append(DeletePod(pod.name, f"trial {record.name} is {record.phase}", resource))
 
     first_active = active[0].spec.index if active else None
     result.ledger_changes = LedgerChanges(finals if ledger is not base else (), first_active)
@@ -687,7 +722,7 @@ def plan(
             if not math.isfinite(verdict.value):  # a curve of NaNs: nothing JSON can record
                 continue
             _stop_trial(result, active[i], statuses[i], pods_by_trial, observations, now, "EarlyStopped",
-                        _stop_message(spec, verdict), verdict.to_status())
+                        _stop_message(spec, verdict), verdict.to_status(), resource=resource)
 
     # The job as a whole.
     start = _parse_time(job.status.start_time) or now
@@ -707,8 +742,8 @@ def plan(
                 index = next_index + offset
                 manifest = build_trial(job, index, parameters)
                 name = manifest["metadata"]["name"]
-                first_pod = build_trial_pod(job, name, 1, parameters, trial_uid=None)
-                result.actions.append(CreateTrial(trial=manifest, pod=first_pod))
+                first_pod = build_trial_attempt(job, name, 1, parameters, trial_uid=None)
+                result.actions.append(CreateTrial(trial=manifest, pod=first_pod, resource=resource))
                 result.actions.append(Event("TuningJob", job.metadata.name, "Normal", "TrialCreated",
                                             f"{name}: {parameters}", transition_key(job_id, "TrialCreated", name)))
             counts.created += len(suggestions)
@@ -722,10 +757,11 @@ def plan(
             if status.phase in (TrialPhase.PENDING, TrialPhase.RUNNING):
                 _stop_trial(result, t, status, pods_by_trial, observations, now, "JobFinished",
                             f"the job finished ({finished[1]}) while this trial was active", None,
-                            phase=TrialPhase.CANCELLED)
+                            phase=TrialPhase.CANCELLED, resource=resource)
         counts = _counts(ledger, statuses)
 
-    result.actions.extend(_prune_finished_pods(settled_with_pods, pods_by_trial, settings.keep_finished_pods))
+    result.actions.extend(_prune_finished_pods(settled_with_pods, pods_by_trial, settings.keep_finished_pods,
+                                               resource))
 
     # Trial status patches, only where something changed.
     for trial, status in zip(active, statuses, strict=True):
@@ -757,7 +793,8 @@ def _record_index(record: SettledTrial) -> int:
 
 
 def _prune_finished_pods(
-    settled: Iterable[SettledTrial], pods_by_trial: dict[str, list[PodView]], keep: int | None
+    settled: Iterable[SettledTrial], pods_by_trial: dict[str, list[PodView]], keep: int | None,
+    resource: Resource = POD_RESOURCE,
 ) -> list[Action]:
     """Delete finished pods beyond the newest `keep`, only of trials whose final status is already stored
     (settled, not just final in this plan): a result is never lost with its pod. `settled`: the settled
@@ -771,7 +808,8 @@ def _prune_finished_pods(
         if pod.terminal and not pod.deleting
     ]
     surplus = done[: max(0, len(done) - keep)]
-    return [DeletePod(pod.name, f"result recorded; keeping the newest {keep} finished pods") for pod in surplus]
+    return [DeletePod(pod.name, f"result recorded; keeping the newest {keep} finished pods", resource)
+            for pod in surplus]
 
 
 def _stop_message(spec: TuningJobSpec, verdict: StopDecision) -> str:
@@ -793,6 +831,7 @@ def _stop_trial(
     message: str,
     decision: EarlyStopDecision | None,
     phase: TrialPhase = TrialPhase.EARLY_STOPPED,
+    resource: Resource = POD_RESOURCE,
 ) -> None:
     name = trial.metadata.name
     curve = observations.curves.get(name)
@@ -806,7 +845,7 @@ def _stop_trial(
     status.completion_time = _iso(now)
     for pod in pods_by_trial.get(name, []):
         if not pod.terminal and not pod.deleting:
-            result.actions.append(DeletePod(pod.name, f"trial {name}: {reason}"))
+            result.actions.append(DeletePod(pod.name, f"trial {name}: {reason}", resource))
     event_reason = "TrialEarlyStopped" if phase == TrialPhase.EARLY_STOPPED else "TrialCancelled"
     result.actions.append(Event("Trial", name, "Normal", event_reason, message,
                                 transition_key(trial.metadata.uid or name, event_reason)))

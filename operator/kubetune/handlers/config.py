@@ -47,6 +47,10 @@ class OperatorConfig:
     # Stable across restarts, so a restarted operator takes up its jobs at once; distinct per installation, so
     # two whose namespaces overlap reconcile each job once and say so (the DuplicateOperator condition).
     operator_id: str = "kubetune"
+    # KUBETUNE_WORKLOAD_KINDS: comma-separated group/version/resource of the workload kinds trials may be
+    # (trialTemplate.workload), e.g. batch/v1/jobs,jobset.x-k8s.io/v1alpha2/jobsets; each is watched. Empty:
+    # pod trials only. The chart sets it from workloadKinds, with RBAC for exactly those.
+    workload_kinds: tuple[str, ...] = ()
     # KUBETUNE_NUMERIC_THREADS: threads of numpy's and scipy's BLAS/OpenMP pools (default 1, never above the CPU
     # limit); read by kubetune.threads.limit_numeric_threads at start.
     # KUBECONFIG is honoured by the client; in a pod the service-account token is used.
@@ -68,5 +72,7 @@ class OperatorConfig:
             health_port=_env_int("KUBETUNE_HEALTH_PORT", cls.health_port),
             listen_address=os.environ.get("KUBETUNE_LISTEN_ADDRESS") or cls.listen_address,
             operator_id=os.environ.get("KUBETUNE_OPERATOR_ID") or cls.operator_id,
+            workload_kinds=tuple(k.strip() for k in os.environ.get("KUBETUNE_WORKLOAD_KINDS", "").split(",")
+                                 if k.strip()),
             kubeconfig=os.environ.get("KUBECONFIG") or None,
         )

@@ -20,6 +20,7 @@ from kubetune.api import GROUP, VERSION, Trial
 from kubetune.controller import naming
 from kubetune.controller.ledger import FINAL_PHASES
 from kubetune.controller.observe import GPU_RESOURCE
+from kubetune.controller.templates import Resource, parse_resource
 from kubetune.handlers.config import OperatorConfig
 from kubetune.handlers.runtime import Controller
 from kubetune.k8s.client import Credentials, KubeClient, NotFound
@@ -189,9 +190,27 @@ def build_registry(
     def pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels[naming.LABEL_JOB]): _slim_pod(body)}
 
+    # Workload trials (trialTemplate.workload): one index and one event handler per configured kind, labelled
+    # like trial pods; a change of a trial's workload reconciles its job as a pod's change does.
+    workload_indices: dict[Resource, str] = {}
+    for resource in map(parse_resource, config.workload_kinds):
+        index_id = f"workloads-{resource.plural}.{resource.group}"
+        workload_indices[resource] = index_id
+
+        @kopf.index(resource.group, resource.version, resource.plural, labels=CHILD_LABELS, id=index_id,
+                    registry=registry)
+        def workloads(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+            return {(namespace, labels[naming.LABEL_JOB]): _plain(body)}
+
+        @kopf.on.event(resource.group, resource.version, resource.plural, labels=CHILD_LABELS,
+                       id=f"{index_id}-event", registry=registry)
+        def workload_event(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
+            controller_of(memo, kwargs).enqueue((namespace or "", labels[naming.LABEL_JOB]))
+
     def controller_of(memo: Any, indices: dict[str, Any]) -> Controller:
         controller: Controller = memo["controller"]
-        controller.attach(indices["tuningjobs"], indices["trials"], indices["pods"])
+        controller.attach(indices["tuningjobs"], indices["trials"], indices["pods"],
+                          {resource: indices[index_id] for resource, index_id in workload_indices.items()})
         return controller
 
     @kopf.on.event(GROUP, VERSION, "tuningjobs", registry=registry)

@@ -26,7 +26,7 @@ from kubetune.controller import naming
 from kubetune.controller.engine import SearchEngine
 from kubetune.controller.jobstate import Ask, JobState, counters_hold_back, prometheus_needed, retry_delay
 from kubetune.controller.ledger import FINAL_PHASES
-from kubetune.controller.observe import PodView, pod_view
+from kubetune.controller.observe import PodView, pod_view, workload_views
 from kubetune.controller.ownership import RENEW_AFTER_SECONDS, STANDBY_RECHECK_SECONDS, lease_name
 from kubetune.controller.planner import (
     Engine,
@@ -39,8 +39,9 @@ from kubetune.controller.planner import (
     plan_invalid,
     transition_key,
 )
+from kubetune.controller.templates import POD_RESOURCE, Resource, parse_resource, reporting_selector, trial_resource
 from kubetune.handlers.config import OperatorConfig
-from kubetune.k8s.apply import JobRef, PlanApplier, namespace_going_away, pods_path
+from kubetune.k8s.apply import JobRef, PlanApplier, attempt_path, namespace_going_away
 from kubetune.k8s.client import ApiError, KubeClient, NotFound
 from kubetune.k8s.leases import Claim, JobLeases
 from kubetune.metrics.operator import OperatorMetrics
@@ -136,6 +137,9 @@ class Controller:
         self.jobs: Mapping[Key, Any] = {}
         self.trials: Mapping[Key, Any] = {}
         self.pods: Mapping[Key, Any] = {}
+        # One index per workload kind of config.workload_kinds (trialTemplate.workload), keyed like pods.
+        self.workloads: dict[Resource, Mapping[Key, Any]] = {}
+        self.workload_kinds = frozenset(map(parse_resource, config.workload_kinds))
         self.queue = WorkQueue(self.metrics.queue_depth.set)
         self._states: dict[Key, JobState] = {}
         self._seen_terminal_pods: set[str] = set()
@@ -148,8 +152,10 @@ class Controller:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def attach(self, jobs: Mapping[Key, Any], trials: Mapping[Key, Any], pods: Mapping[Key, Any]) -> None:
+    def attach(self, jobs: Mapping[Key, Any], trials: Mapping[Key, Any], pods: Mapping[Key, Any],
+               workloads: dict[Resource, Mapping[Key, Any]] | None = None) -> None:
         self.jobs, self.trials, self.pods = jobs, trials, pods
+        self.workloads = workloads or {}
 
     async def start(self) -> None:
         for number in range(self.config.workers):
@@ -249,7 +255,8 @@ class Controller:
 
     # ------------------------------------------------------------------ reconcile
 
-    async def _behind_the_watch(self, key: Key, active: Iterable[Trial], present: set[str]) -> frozenset[str]:
+    async def _behind_the_watch(self, key: Key, active: Iterable[Trial], present: set[str],
+                                resource: Resource = POD_RESOURCE) -> frozenset[str]:
         """Current pods that the watch has not shown yet but the API server has.
 
         A trial's current pod missing from the watch is lost only if the API server agrees: another
@@ -263,7 +270,7 @@ class Controller:
             if pod in present or pod in state.expected_pods:
                 continue
             try:
-                await self.client.request("GET", pods_path(key[0], pod))
+                await self.client.request("GET", attempt_path(resource, key[0], pod))
             except NotFound:
                 continue
             found.add(pod)
@@ -311,12 +318,27 @@ class Controller:
         primary = job.spec.trial_template.primary_container_name
         raw_pods = list(self.pods.get(key, ()))
         clock = time.monotonic()
-        if state.deleted_finished:
-            present_pods = {str((p.get("metadata") or {}).get("name")) for p in raw_pods}
-            raw_pods += state.kept_deleted_pods(present_pods, active.keys(), clock)
-        pods = [v for v in (pod_view(p, primary) for p in raw_pods) if v is not None]
+        resource = trial_resource(job)
+        workload = job.spec.trial_template.workload
+        if workload is not None:
+            if resource not in self.workload_kinds:
+                invalid = plan_invalid(
+                    name, job.status, job.metadata.generation,
+                    f"trialTemplate.workload: this operator does not watch {resource.plural}.{resource.group} "
+                    f"{resource.version} (KUBETUNE_WORKLOAD_KINDS, the chart's workloadKinds)", now, ref.uid)
+                await self.applier.apply(ref, invalid, lambda _: {}, lambda _: None, old_status)
+                return
+            success, failure = workload.conditions()
+            bodies = list((self.workloads.get(resource) or {}).get(key, ()))
+            pods = workload_views(bodies, raw_pods, success, failure, reporting_selector(workload), primary)
+        else:
+            if state.deleted_finished:
+                present_pods = {str((p.get("metadata") or {}).get("name")) for p in raw_pods}
+                raw_pods += state.kept_deleted_pods(present_pods, active.keys(), clock)
+            pods = [v for v in (pod_view(p, primary) for p in raw_pods) if v is not None]
         present = {p.name for p in pods}
-        expected = state.expected(present, clock) | await self._behind_the_watch(key, active.values(), present)
+        expected = state.expected(present, clock) | await self._behind_the_watch(key, active.values(), present,
+                                                                                 resource)
 
         observations = await self._observe(state, job, list(active), pods)  # names of the unfinished
 

@@ -23,7 +23,7 @@ from typing import Any
 from kubetune.api import API_VERSION, GROUP, VERSION
 from kubetune.controller import naming
 from kubetune.controller.planner import CreatePod, CreateTrial, DeletePod, Event, PatchTrialStatus, Plan
-from kubetune.controller.templates import owner_reference
+from kubetune.controller.templates import Resource, owner_reference
 from kubetune.k8s.client import AlreadyExists, ApiError, Conflict, Json, KubeClient, NotFound, resource_path
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,11 @@ def tuningjobs_path(namespace: str, name: str | None = None, subresource: str | 
 
 def pods_path(namespace: str, name: str | None = None) -> str:
     return resource_path("", "v1", "pods", namespace, name)
+
+
+def attempt_path(resource: Resource, namespace: str, name: str | None = None) -> str:
+    """Where a trial's attempt lives: a pod, or its workload object."""
+    return resource_path(resource.group, resource.version, resource.plural, namespace, name)
 
 
 class EventRecorder:
@@ -192,7 +197,8 @@ class PlanApplier:
 
         # 1. New trials and their first pods, then retries' pods.
         await asyncio.gather(*(guarded(self._create_trial(job, a, uids, result)) for a in plan.of_type(CreateTrial)))
-        await asyncio.gather(*(guarded(self._create_pod(job, a.pod, result)) for a in plan.of_type(CreatePod)))
+        await asyncio.gather(*(guarded(self._create_pod(job, a.pod, result, a.resource))
+                               for a in plan.of_type(CreatePod)))
         # 2. Trial statuses (after the pods they count exist), except of trials whose pod was just rejected (the
         #    next plan fails them); the job's status with them.
         patches = [a for a in plan.of_type(PatchTrialStatus) if a.trial not in result.rejected]
@@ -222,15 +228,15 @@ class PlanApplier:
         uids[name] = uid
         pod = copy.deepcopy(action.pod)
         pod["metadata"]["ownerReferences"] = [owner_reference(API_VERSION, "Trial", name, uid)]
-        if await self._create_pod(job, pod, result):
+        if await self._create_pod(job, pod, result, action.resource):
             await self.client.merge_patch(
                 trials_path(job.namespace, name, "status"), {"status": {"phase": "Pending", "attempts": 1}}
             )
 
-    async def _create_pod(self, job: JobRef, pod: Json, result: ApplyResult) -> bool:
-        """Create a trial's pod; False when the API server refused it for good (recorded in the result)."""
+    async def _create_pod(self, job: JobRef, pod: Json, result: ApplyResult, resource: Resource) -> bool:
+        """Create a trial's pod (or workload); False when the API server refused it for good (recorded)."""
         try:
-            await self.client.create(pods_path(job.namespace), pod)
+            await self.client.create(attempt_path(resource, job.namespace), pod)
         except AlreadyExists:
             pass
         except ApiError as error:
@@ -267,7 +273,9 @@ class PlanApplier:
 
     async def _delete_pod(self, job: JobRef, action: DeletePod) -> None:
         try:
-            await self.client.delete(pods_path(job.namespace, action.name), propagation="Background")
+            # Background: a workload goes at once, the garbage collector deletes its Jobs and pods after it.
+            await self.client.delete(attempt_path(action.resource, job.namespace, action.name),
+                                     propagation="Background")
         except NotFound:
             pass
 

@@ -1,0 +1,107 @@
+"""Workload trials (trialTemplate.workload) with the node agent: each trial an indexed batch Job of two pods,
+run by the controller manager's real Job controller; rank 0 (completion index 0) reports the result."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+from kubetune_harness import Cluster, OperatorProcess, fresh_namespace, install_crds, wait_for
+
+from kubetune_dev.cluster import ClusterInfo
+
+pytestmark = pytest.mark.e2e
+
+# Rank 0 reports its score, rank 1 only works; `fail` makes rank 1 exit 1.
+SCRIPT = """
+import json, os, sys, time
+rank = int(os.environ["JOB_COMPLETION_INDEX"])
+x, fail = float(sys.argv[1]), sys.argv[2] == "fail"
+time.sleep(1)
+if rank == 1 and fail:
+    sys.exit(1)
+if rank == 0:
+    with open(os.environ["KUBETUNE_TERMINATION_MESSAGE_PATH"], "w") as out:
+        json.dump({"status": "completed", "metrics": {"score": x}}, out)
+"""
+
+
+@pytest.fixture(scope="module")
+def tuning(dev_cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[tuple[Cluster, OperatorProcess, client.ApiClient]]:
+    api = config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
+    install_crds(api)
+    namespace = fresh_namespace(client.CoreV1Api(api), "workloads")
+    operator = OperatorProcess(
+        dev_cluster.kubeconfig, dev_cluster.prometheus_url, tmp_path_factory.mktemp("operator") / "operator.log",
+        KUBETUNE_NAMESPACES=namespace, KUBETUNE_WORKLOAD_KINDS="batch/v1/jobs",
+    )
+    operator.start()
+    yield Cluster(api, namespace), operator, api
+    operator.stop()
+    client.CoreV1Api(api).delete_namespace(namespace)
+    api.close()
+
+
+def indexed_job(name: str, mode: str, **budget: int) -> dict[str, Any]:
+    container = {"name": "trainer", "image": "python:3.11-slim",
+                 "command": ["python", "-c", SCRIPT, "${params.x}", mode]}
+    return {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "TuningJob",
+        "metadata": {"name": name},
+        "spec": {
+            "objective": {"metric": "score", "goal": "maximize"},
+            "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
+            "budget": {"maxTrials": 3, "parallelism": 2, **budget},
+            "trialTemplate": {"retries": 1, "workload": {
+                "apiVersion": "batch/v1", "kind": "Job",
+                "spec": {"completionMode": "Indexed", "completions": 2, "parallelism": 2, "backoffLimit": 0,
+                         "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}},
+            }},
+        },
+    }
+
+
+def jobs_of(api: client.ApiClient, cluster: Cluster, name: str) -> list[Any]:
+    batch = client.BatchV1Api(api)
+    return list(batch.list_namespaced_job(cluster.namespace, label_selector=f"kubetune.io/job={name}").items)
+
+
+def test_indexed_job_trials_complete_with_rank_zero_objective_and_go_with_the_job(
+    tuning: tuple[Cluster, OperatorProcess, client.ApiClient]
+) -> None:
+    cluster, operator, api = tuning
+    cluster.create_job(indexed_job("indexed", "ok"))
+    job = cluster.wait_finished("indexed", timeout=300)
+    assert job["status"]["phase"] == "Succeeded", (job["status"], operator.log_tail())
+    trials = cluster.trials("indexed")
+    assert len(trials) == 3 and all(t["status"]["phase"] == "Succeeded" for t in trials)
+    for t in trials:  # the objective is rank 0's: the trial's own parameter
+        assert t["status"]["objective"] == pytest.approx(float(t["spec"]["parameters"]["x"]))
+    best = max(trials, key=lambda t: t["status"]["objective"])
+    assert job["status"]["bestTrial"]["name"] == best["metadata"]["name"]
+    jobs = jobs_of(api, cluster, "indexed")
+    assert sorted(j.metadata.name for j in jobs) == sorted(f"{t['metadata']['name']}-1" for t in trials)
+    assert all(j.metadata.owner_references[0].kind == "Trial" for j in jobs)
+    assert len(cluster.pods("indexed")) == 6  # two pods per trial, each with the trial's labels
+
+    cluster.custom.delete_namespaced_custom_object("kubetune.io", "v1alpha1", cluster.namespace, "tuningjobs",
+                                                   "indexed", propagation_policy="Foreground")
+    wait_for("the Jobs of the deleted job to go", lambda: not jobs_of(api, cluster, "indexed") or None, timeout=120)
+    wait_for("the pods of the deleted job to go", lambda: not cluster.pods("indexed") or None, timeout=120)
+
+
+def test_a_failed_rank_retries_the_whole_workload_then_fails_the_trial(
+    tuning: tuple[Cluster, OperatorProcess, client.ApiClient]
+) -> None:
+    cluster, operator, api = tuning
+    cluster.create_job(indexed_job("broken", "fail", maxTrials=1, parallelism=1, maxFailedTrials=0))
+    job = cluster.wait_finished("broken", timeout=300)
+    assert job["status"]["phase"] == "Failed", (job["status"], operator.log_tail())
+    (t,) = cluster.trials("broken")
+    assert t["status"]["phase"] == "Failed" and t["status"]["attempts"] == 2, t["status"]
+    assert t["status"]["reason"] in ("BackoffLimitExceeded", "FailedIndexes"), t["status"]
+    assert sorted(j.metadata.name for j in jobs_of(api, cluster, "broken")) == ["broken-0-1", "broken-0-2"]
