@@ -90,8 +90,8 @@ def test_indexed_job_trials_complete_with_rank_zero_objective_and_go_with_the_jo
 
     cluster.custom.delete_namespaced_custom_object("kubetune.io", "v1alpha1", cluster.namespace, "tuningjobs",
                                                    "indexed", propagation_policy="Foreground")
-    wait_for("the Jobs of the deleted job to go", lambda: not jobs_of(api, cluster, "indexed") or None, timeout=120)
-    wait_for("the pods of the deleted job to go", lambda: not cluster.pods("indexed") or None, timeout=120)
+    wait_for("the Jobs of the deleted job to go", lambda: not jobs_of(api, cluster, "indexed") or None, timeout=300)
+    wait_for("the pods of the deleted job to go", lambda: not cluster.pods("indexed") or None, timeout=300)
 
 
 def test_a_failed_rank_retries_the_whole_workload_then_fails_the_trial(
