@@ -43,10 +43,13 @@ def bound_token(kube: Kube, namespace: str, secret: str) -> str:
     return str(answer.status.token)
 
 
-def wait_refused(kube: Kube, namespace: str, secret: str, token: str, server: str, ca: str | None) -> None:
-    """Delete the Secret and wait until the API server refuses its token (the authenticator caches briefly)."""
-    kube.core.delete_namespaced_secret(secret, namespace)
-    probe = KubeApi(Credentials(server=server, ca_file=ca, token=token))
+def rotate(kube: Kube, namespace: str, token_file: Path, server: str, ca: str | None) -> None:
+    """Rotation: `token_file` gets a token bound to Secret "second", and the one bound to "first" is revoked:
+    the Secret is deleted and we wait until the API server refuses its token (the authenticator caches briefly)."""
+    old = token_file.read_text()
+    token_file.write_text(bound_token(kube, namespace, "second"))
+    kube.core.delete_namespaced_secret("first", namespace)
+    probe = KubeApi(Credentials(server=server, ca_file=ca, token=old))
     for _ in range(200):
         try:
             probe.get("/api")
@@ -76,7 +79,6 @@ def account(kube: Kube, namespace: str) -> str:
 
 def exec_kubeconfig(tmp_path: Path, cluster: ClusterInfo, token_file: Path) -> Path:
     """A kubeconfig whose user is an exec plugin printing the token currently in `token_file`."""
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
     plugin = tmp_path / "token-plugin"
     calls = tmp_path / "plugin-calls"
     plugin.write_text(
@@ -86,17 +88,20 @@ def exec_kubeconfig(tmp_path: Path, cluster: ClusterInfo, token_file: Path) -> P
         f'"status":{{"token":"%s"}}}}\' "$(cat {token_file})"\n'
     )
     plugin.chmod(plugin.stat().st_mode | stat.S_IXUSR)
-    config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "rotating",
-        "clusters": admin["clusters"],
-        "users": [{"name": "rotating", "user": {"exec": {
-            "apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin), "interactiveMode": "Never",
-        }}}],
-        "contexts": [{"name": "rotating", "context": {
-            "cluster": admin["clusters"][0]["name"], "user": "rotating"}}],
-    }
+    return user_kubeconfig(tmp_path, cluster, {"exec": {
+        "apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin), "interactiveMode": "Never",
+    }})
+
+
+def user_kubeconfig(tmp_path: Path, cluster: ClusterInfo, user: dict[str, object]) -> Path:
+    """A kubeconfig for the dev cluster's server and CA whose one user is `user` (exec plugin, tokenFile, ...)."""
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
     path = tmp_path / "kubeconfig"
-    path.write_text(json.dumps(config))
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "rotating", "clusters": admin["clusters"],
+        "users": [{"name": "rotating", "user": user}],
+        "contexts": [{"name": "rotating", "context": {"cluster": admin["clusters"][0]["name"], "user": "rotating"}}],
+    }))
     return path
 
 
@@ -122,10 +127,7 @@ def test_both_clients_follow_a_rotated_exec_plugin_token(
         plugin_runs = len((tmp_path / "plugin-calls").read_text().split())
 
         # Rotation: the plugin now hands out a new token, and the old one is revoked.
-        server, ca = sync_api.credentials.server, sync_api.credentials.ca_file
-        old = token_file.read_text()
-        token_file.write_text(bound_token(kube, namespace, "second"))
-        wait_refused(kube, namespace, "first", old, server, ca)
+        rotate(kube, namespace, token_file, sync_api.credentials.server, sync_api.credentials.ca_file)
 
         assert len(sync_api.get(path)["items"]) >= 1
         assert loop.run_until_complete(list_async()) >= 1
@@ -151,9 +153,7 @@ def test_a_rotated_token_file_is_read_again_after_a_refusal(
     api = KubeApi(from_file())
     path = resource_path("", "v1", "configmaps", namespace)
     assert len(api.get(path)["items"]) >= 1
-    old = token_file.read_text()
-    token_file.write_text(bound_token(kube, namespace, "second"))
-    wait_refused(kube, namespace, "first", old, admin.server, admin.ca_file)
+    rotate(kube, namespace, token_file, admin.server, admin.ca_file)
     assert len(api.get(path)["items"]) >= 1
     assert api.credentials.bearer() == token_file.read_text()
 
@@ -174,13 +174,7 @@ def test_an_operator_outside_the_cluster_keeps_working_when_its_token_file_rotat
     install_crds(kube.api_client)
     token_file = tmp_path / "token"
     token_file.write_text(bound_token(kube, namespace, "first"))
-    admin = yaml.safe_load(dev_cluster.kubeconfig.read_text())
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "rotating", "clusters": admin["clusters"],
-        "users": [{"name": "rotating", "user": {"tokenFile": str(token_file)}}],
-        "contexts": [{"name": "rotating", "context": {"cluster": admin["clusters"][0]["name"], "user": "rotating"}}],
-    }))
+    kubeconfig = user_kubeconfig(tmp_path, dev_cluster, {"tokenFile": str(token_file)})
     operator = OperatorProcess(kubeconfig, dev_cluster.prometheus_url, tmp_path / "operator.log",
                                KUBETUNE_NAMESPACES=namespace)
     cluster = Cluster(kube.api_client, namespace)
@@ -190,9 +184,7 @@ def test_an_operator_outside_the_cluster_keeps_working_when_its_token_file_rotat
         wait_for("a first finished trial", lambda: any(
             (t.get("status") or {}).get("phase") == "Succeeded" for t in cluster.trials("rotated")) or None)
         admin_credentials = Credentials.load(dev_cluster.kubeconfig)
-        old = token_file.read_text()
-        token_file.write_text(bound_token(kube, namespace, "second"))
-        wait_refused(kube, namespace, "first", old, admin_credentials.server, admin_credentials.ca_file)
+        rotate(kube, namespace, token_file, admin_credentials.server, admin_credentials.ca_file)
         job = cluster.wait_finished("rotated", timeout=600)
         assert job["status"]["phase"] == "Succeeded", operator.log_tail()
         assert operator.alive(), operator.log_tail()
