@@ -234,7 +234,7 @@ def image_key(spec: ImageSpec, base: str, requirements: Sequence[str]) -> str:
 
 
 def build_image(spec: ImageSpec, base: str, requirements: Sequence[str], known: dict[str, dict[str, str]],
-                registry_address: str | None) -> dict[str, str]:
+                registry_address: str) -> dict[str, str]:
     """Build (unless an image of the same key exists) and push (unless the registry has it)."""
     fetch_wheels(requirements)
     key = image_key(spec, base, requirements)
@@ -248,7 +248,6 @@ def build_image(spec: ImageSpec, base: str, requirements: Sequence[str], known: 
         build(spec.dockerfile, local, REPO, {spec.base_arg: base, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheelhouse"},
               spec.ignorefile)
     built = time.monotonic() - started
-    assert registry_address is not None
     with tempfile.TemporaryDirectory(prefix="kubetune-digest-") as work:
         digest_file = Path(work) / "digest"
         run(*PODMAN, "push", "--quiet", "--tls-verify=false", "--digestfile", str(digest_file), local,
