@@ -206,6 +206,30 @@ class Cluster:
         return wait_for(f"TuningJob {name} to finish", finished, timeout=timeout, interval=1.0)
 
 
+# Prepended to a trial script that serves its own metrics: `serve_metrics()` serves prometheus_client's
+# default registry on the contract's address, and `stay_until_scraped()` keeps the pod alive until the
+# metrics were scraped twice after the call (bounded), so a late target discovery on a loaded machine cannot
+# lose the final values the way a fixed sleep can.
+SERVE_METRICS = """
+import os, threading
+from http.server import ThreadingHTTPServer
+from prometheus_client import MetricsHandler
+_scrapes = threading.Semaphore(0)
+class _CountingHandler(MetricsHandler):
+    def do_GET(self):
+        super().do_GET()
+        _scrapes.release()
+def serve_metrics():
+    address = (os.environ["KUBETUNE_METRICS_ADDRESS"], int(os.environ["KUBETUNE_METRICS_PORT"]))
+    threading.Thread(target=ThreadingHTTPServer(address, _CountingHandler).serve_forever, daemon=True).start()
+def stay_until_scraped(times=2, timeout=120.0):
+    while _scrapes.acquire(blocking=False):
+        pass  # scrapes before this call saw earlier values
+    for _ in range(times):
+        _scrapes.acquire(timeout=timeout)
+"""
+
+
 def script_trial_template(script: str, pod: dict[str, Any] | None = None, **container: Any) -> dict[str, Any]:
     """A trialTemplate whose one container runs `python -c script` (the dev agent ignores the image);
     `container` adds fields to that container, `pod` to the pod spec."""

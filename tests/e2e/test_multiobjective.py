@@ -19,6 +19,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubetune_harness import (
     REPO,
+    SERVE_METRICS,
     Cluster,
     OperatorProcess,
     condition,
@@ -141,13 +142,13 @@ def test_two_objective_gpu_job_ends_with_a_true_pareto_front_and_exact_gpu_secon
 
 # The primary objective in the termination message, a second one only in the trial's own Prometheus gauge,
 # read by that objective's promql: energy = x, so every trial trades score for energy (all on the front).
-TWO_SOURCES_SCRIPT = """
-import json, os, time
-from prometheus_client import Gauge, start_http_server
+TWO_SOURCES_SCRIPT = SERVE_METRICS + """
+import json, os
+from prometheus_client import Gauge
 x = json.loads(os.environ["KUBETUNE_PARAMS"])["x"]
-start_http_server(int(os.environ["KUBETUNE_METRICS_PORT"]), addr=os.environ["KUBETUNE_METRICS_ADDRESS"])
+serve_metrics()
 Gauge("my_energy_joules", "energy so far").set(x)
-time.sleep(5)  # a few scrapes (every second on the dev cluster) before the pod goes
+stay_until_scraped()
 open(os.environ["KUBETUNE_TERMINATION_MESSAGE_PATH"], "w").write(
     json.dumps({"status": "completed", "metrics": {"score": x}}))
 """

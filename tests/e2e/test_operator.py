@@ -15,6 +15,7 @@ import yaml
 from kubernetes import client, config
 from kubetune_harness import (
     REPO,
+    SERVE_METRICS,
     Cluster,
     OperatorProcess,
     condition,
@@ -332,17 +333,17 @@ def test_parameter_values_reach_the_container_literally(tuning: tuple[Cluster, O
 
 # A bring-your-own trial that reports only to Prometheus, in its own metric names, and never writes a
 # termination message: the objective can only come from the job's objective.promql.
-PROMETHEUS_ONLY_SCRIPT = """
+PROMETHEUS_ONLY_SCRIPT = SERVE_METRICS + """
 import json, os, time
-from prometheus_client import Gauge, start_http_server
+from prometheus_client import Gauge
 x = json.loads(os.environ["KUBETUNE_PARAMS"])["x"]
-start_http_server(int(os.environ["KUBETUNE_METRICS_PORT"]), addr=os.environ["KUBETUNE_METRICS_ADDRESS"])
+serve_metrics()
 by_step, final = Gauge("my_score", "score by step", ["step"]), Gauge("my_final", "final score")
 for step in (1, 2, 3):
     by_step.labels(str(step)).set(x * step / 3)
     time.sleep(1.5)
 final.set(x)
-time.sleep(5)  # a few scrapes (every second on the dev cluster) before the pod goes
+stay_until_scraped()
 """
 PROMQL_OBJECTIVES = {
     # One series per step (the highest step is the final value) ...
