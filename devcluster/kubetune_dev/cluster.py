@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from kubetune.k8s.sync import KubeApi, NotFound
-from kubetune_dev import components, images, preflight, procs
+from kubetune_dev import components, images, jobset, preflight, procs
 from kubetune_dev.agentstate import load_records
 from kubetune_dev.components import ClusterConfig, Ports
 from kubetune_dev.layout import (
@@ -55,6 +55,7 @@ COMMANDS: dict[str, Callable[[ClusterConfig], list[str]]] = {
     "agent": components.agent_command,
     "prometheus": components.prometheus_command,
     "registry": components.registry_command,
+    "jobset-controller": components.jobset_command,
 }
 # Log lines that explain a component that would not start, with what to do about them.
 LOG_HINTS: tuple[tuple[str, str], ...] = (
@@ -279,7 +280,7 @@ class DevCluster:
 
     def _new_config(self) -> ClusterConfig:
         names = ("etcd_client", "etcd_peer", "apiserver", "controller_manager", "scheduler", "agent", "prometheus",
-                 "registry")
+                 "registry", "jobset_webhook", "jobset_health")
         pinned = {key.replace("-", "_"): port for key, port in self.pinned_ports.items()}
         unknown = set(pinned) - set(names)
         if unknown:
@@ -312,7 +313,8 @@ class DevCluster:
     def _start(self, cfg: ClusterConfig, deadline: float) -> None:
         lay = cfg.layout
         started = time.monotonic()
-        for directory in (lay.home, lay.run_dir, lay.logs_dir, lay.pki_dir, lay.prometheus_targets_dir, lay.pods_dir):
+        for directory in (lay.home, lay.run_dir, lay.logs_dir, lay.pki_dir, lay.prometheus_targets_dir, lay.pods_dir,
+                          lay.jobset_dir):
             directory.mkdir(parents=True, exist_ok=True)
         # First, so a crash from here on leaves a cluster `down`/`up` can recognise and clean.
         procs.write_atomic(lay.cluster_file, cfg.to_json())
@@ -326,10 +328,19 @@ class DevCluster:
             ),
         )
 
+        procs.write_atomic(
+            lay.jobset_dir / "config.yaml",
+            yaml.safe_dump(jobset.build_config(webhook_port=cfg.ports.jobset_webhook,
+                                               health_port=cfg.ports.jobset_health, cert_dir=lay.jobset_dir / "certs")),
+        )
+
         real = RealNode(cfg, self._log) if cfg.node_kind == "real" else None
         for group in _start_groups(cfg):
             if real is not None and group[0] == REAL_NODE_COMPONENTS[0]:
                 real.prepare()
+            if "jobset-controller" in group:
+                jobset.install(self._api(), bin_dir=cfg.bin_dir, webhook_port=cfg.ports.jobset_webhook,
+                               ca_pem=(lay.pki_dir / "ca.crt").read_bytes(), deadline=deadline)
             for name in group:
                 self._spawn(cfg, name, self._command(cfg, name))
             for name in group:
@@ -356,6 +367,7 @@ class DevCluster:
             (lay.kubeconfig, pki.admin, "kubetune-admin"),
             (lay.component_kubeconfig("kube-controller-manager"), pki.controller_manager, "kube-controller-manager"),
             (lay.component_kubeconfig("kube-scheduler"), pki.scheduler, "kube-scheduler"),
+            (lay.component_kubeconfig("jobset-controller"), pki.jobset_controller, "jobset-controller"),
         ):
             kubeconfig = components.build_kubeconfig(
                 server=cfg.apiserver_url,
@@ -366,6 +378,12 @@ class DevCluster:
             )
             procs.write_atomic(path, yaml.safe_dump(kubeconfig, sort_keys=False))
             path.chmod(0o600)
+        # controller-runtime's webhook server reads tls.crt and tls.key from its certDir.
+        certs = lay.jobset_dir / "certs"
+        certs.mkdir(parents=True, exist_ok=True)
+        procs.write_atomic(certs / "tls.crt", pki.jobset_webhook.cert_pem.decode())
+        procs.write_atomic(certs / "tls.key", pki.jobset_webhook.key_pem.decode())
+        (certs / "tls.key").chmod(0o600)
 
     def _command(self, cfg: ClusterConfig, name: str) -> list[str]:
         if name in REAL_NODE_COMPONENTS:
@@ -418,6 +436,8 @@ class DevCluster:
             return _http_ok(f"{cfg.prometheus_url}/-/ready")
         if name == "registry":
             return registry_ready(cfg.registry_address)
+        if name == "jobset-controller":  # ready once its webhook server serves
+            return _http_ok(f"http://127.0.0.1:{cfg.ports.jobset_health}/readyz")
         if name in REAL_NODE_COMPONENTS and name != "kubelet":
             return RealNode(cfg, self._log).ready(name, self._api(), self._holder_pid())
         node = self._api().get(f"/api/v1/nodes/{cfg.node_name}")
@@ -536,7 +556,8 @@ class DevCluster:
 
 def _start_groups(cfg: ClusterConfig) -> list[tuple[str, ...]]:
     """Components started together (then waited on together), group by group."""
-    control_plane = [("registry", "etcd"), ("kube-apiserver",), ("kube-controller-manager", "kube-scheduler")]
+    control_plane = [("registry", "etcd"), ("kube-apiserver",),
+                     ("kube-controller-manager", "kube-scheduler", "jobset-controller")]
     if cfg.node_kind == "real":
         node = [(name,) for name in REAL_NODE_COMPONENTS[:-2]] + [REAL_NODE_COMPONENTS[-2:], ("prometheus",)]
         return [*control_plane, *node]

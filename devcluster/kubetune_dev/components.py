@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune_dev import jobset
 from kubetune_dev.allocators import POD_NETWORK
 from kubetune_dev.layout import Layout, components_of
 from kubetune_dev.realnode import NodeNetwork
@@ -30,6 +31,8 @@ class Ports:
     agent: int
     prometheus: int
     registry: int = 0  # 0: a cluster.json written before the local registry existed
+    jobset_webhook: int = 0  # 0 (both): one written before the JobSet controller ran on it
+    jobset_health: int = 0
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,14 @@ def agent_command(cfg: ClusterConfig) -> list[str]:
         *([f"--owner={cfg.owner}", f"--cluster-home={cfg.home}"] if cfg.owner else []),
         *cfg.agent_args,
     ]
+
+
+def jobset_command(cfg: ClusterConfig) -> list[str]:
+    return jobset.build_command(
+        bin_dir=cfg.bin_dir,
+        config_file=cfg.layout.jobset_dir / "config.yaml",
+        kubeconfig=cfg.layout.component_kubeconfig("jobset-controller"),
+    )
 
 
 def registry_command(cfg: ClusterConfig) -> list[str]:

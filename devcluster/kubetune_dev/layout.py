@@ -24,6 +24,8 @@ REQUIRED_BINARIES: tuple[str, ...] = (
     "kube-controller-manager",
     "kube-scheduler",
     "prometheus",
+    # sigs.k8s.io/jobset, with its CRD beside it (jobset.py): JobSet trials.
+    "jobset-controller",
 )
 
 # The real node's binaries (same script), besides runc and the CNI plugins from Debian.
@@ -55,7 +57,7 @@ REAL_NODE_COMPONENTS: tuple[str, ...] = (
 def components_of(node_kind: str) -> tuple[str, ...]:
     """Start order; `down` stops in reverse so nothing loses its upstream while still running."""
     node = REAL_NODE_COMPONENTS if node_kind == "real" else ("agent",)
-    return ("registry", *CONTROL_PLANE, *node, "prometheus")
+    return ("registry", *CONTROL_PLANE, "jobset-controller", *node, "prometheus")
 
 
 # The node agent's cluster (the default kind of the Python API).
@@ -122,6 +124,11 @@ class Layout:
     @property
     def registry_config(self) -> Path:
         return self.home / "registry.yml"
+
+    @property
+    def jobset_dir(self) -> Path:
+        """The JobSet controller's configuration and, in certs/, its webhook serving certificate."""
+        return self.home / "jobset"
 
     @property
     def prometheus_dir(self) -> Path:

@@ -45,6 +45,8 @@ class ClusterPki:
     apiserver_kubelet_client: KeyPair
     agent: KeyPair
     front_proxy_client: KeyPair
+    jobset_controller: KeyPair
+    jobset_webhook: KeyPair
     service_account_key_pem: bytes
     service_account_pub_pem: bytes
     # The real node's identities (kubelet client and serving certificates, kube-proxy), if it has one.
@@ -68,6 +70,8 @@ class ClusterPki:
             "apiserver-kubelet-client": self.apiserver_kubelet_client,
             "agent": self.agent,
             "front-proxy-client": self.front_proxy_client,
+            "jobset-controller": self.jobset_controller,
+            "jobset-webhook": self.jobset_webhook,
             **self.node,
         }
 
@@ -208,6 +212,10 @@ def build_cluster_pki(
         ),
         # The API server's identity towards aggregated API servers (request-header authentication).
         front_proxy_client=leaf(common_name="front-proxy-client", client=True),
+        # A dev-cluster add-on, trusted as the control plane is (its release RBAC is not installed here).
+        jobset_controller=leaf(common_name="jobset-controller", organization="system:masters", client=True),
+        # The JobSet webhooks' serving certificate: the API server calls them at 127.0.0.1 (jobset.py).
+        jobset_webhook=leaf(common_name="jobset-webhook", server=True, ip_addresses=("127.0.0.1",)),
         service_account_key_pem=_key_pem(sa_key),
         service_account_pub_pem=sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -232,6 +232,46 @@ def test_job_completes_through_the_job_controller_and_gc_removes_its_pod(
     )
 
 
+def test_jobset_runs_through_its_controller_with_its_defaulting_webhook(kube: Kube, namespace: str) -> None:
+    """A JobSet given only its replicated Job: JobSet's mutating webhook (served by the controller on
+    loopback, called by the API server) fills in the success policy and the headless Service network,
+    the controller runs its Job, the Job controller its two indexed pods; deletion takes them all."""
+    serialize = kube.api_client.sanitize_for_serialization
+    container = {"name": "main", "image": "python:3.11-slim",
+                 "command": ["python", "-c", "import os; print(os.environ['JOB_COMPLETION_INDEX'])"],
+                 "securityContext": serialize(restricted_container_context())}
+    jobset = {
+        "apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "metadata": {"name": "pair"},
+        "spec": {"replicatedJobs": [{"name": "workers", "replicas": 1, "template": {"spec": {
+            "completions": 2, "parallelism": 2, "backoffLimit": 0, "completionMode": "Indexed",
+            "template": {"spec": {"restartPolicy": "Never", "containers": [container],
+                                  "securityContext": serialize(restricted_pod_context())}},
+        }}}]},
+    }
+    custom = kube.custom
+    created = custom.create_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", namespace, "jobsets", jobset)
+    assert created["spec"]["successPolicy"]["operator"] == "All", created["spec"]  # defaulted by the webhook
+    assert created["spec"]["network"]["enableDNSHostnames"] is True, created["spec"]
+
+    def completed() -> bool:
+        got = custom.get_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", namespace, "jobsets", "pair")
+        conditions = {c["type"]: c["status"] for c in (got.get("status") or {}).get("conditions", [])}
+        assert conditions.get("Failed") != "True", got["status"]
+        return conditions.get("Completed") == "True"
+
+    poll("JobSet pair Completed", completed)
+    selector = "jobset.sigs.k8s.io/jobset-name=pair"
+    pods = kube.core.list_namespaced_pod(namespace, label_selector=selector).items
+    assert sorted(p.metadata.annotations["batch.kubernetes.io/job-completion-index"] for p in pods) == ["0", "1"]
+    assert all(p.status.phase == "Succeeded" for p in pods)
+    assert kube.core.read_namespaced_service("pair", namespace).spec.cluster_ip == "None"  # the pods' DNS
+
+    custom.delete_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", namespace, "jobsets", "pair",
+                                           propagation_policy="Foreground")
+    poll("the JobSet's pods garbage-collected",
+         lambda: not kube.core.list_namespaced_pod(namespace, label_selector=selector).items)
+
+
 def test_gpu_pods_never_share_a_gpu_and_wait_for_free_ones(
     kube: Kube, namespace: str, dev_cluster: ClusterInfo, tmp_path: Path
 ) -> None:
