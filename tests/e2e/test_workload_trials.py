@@ -105,3 +105,28 @@ def test_a_failed_rank_retries_the_whole_workload_then_fails_the_trial(
     assert t["status"]["phase"] == "Failed" and t["status"]["attempts"] == 2, t["status"]
     assert t["status"]["reason"] in ("BackoffLimitExceeded", "FailedIndexes"), t["status"]
     assert sorted(j.metadata.name for j in jobs_of(api, cluster, "broken")) == ["broken-0-1", "broken-0-2"]
+
+
+def test_a_workload_whose_pods_are_refused_fails_per_the_not_starting_policy(
+    tuning: tuple[Cluster, OperatorProcess, client.ApiClient]
+) -> None:
+    """A ResourceQuota of no pods: the Job controller can create none, the Job has no condition to say so,
+    and the trial must not wait forever."""
+    cluster, operator, api = tuning
+    quota = client.V1ResourceQuota(metadata=client.V1ObjectMeta(name="no-pods"),
+                                   spec=client.V1ResourceQuotaSpec(hard={"pods": "0"}))
+    client.CoreV1Api(api).create_namespaced_resource_quota(cluster.namespace, quota)
+    try:
+        manifest = indexed_job("refused", "ok", maxTrials=1, parallelism=1, maxFailedTrials=0)
+        manifest["spec"]["trialTemplate"]["notStartingTimeoutSeconds"] = 30
+        cluster.create_job(manifest)
+        job = cluster.wait_finished("refused", timeout=300)
+    finally:
+        client.CoreV1Api(api).delete_namespaced_resource_quota("no-pods", cluster.namespace)
+    assert job["status"]["phase"] == "Failed", (job["status"], operator.log_tail())
+    (t,) = cluster.trials("refused")
+    assert t["status"]["phase"] == "Failed" and t["status"]["reason"] == "PodsNotCreated", t["status"]
+    assert "Job refused-0-1 has created no pod" in t["status"]["message"] and t["status"]["attempts"] == 1
+    assert not cluster.pods("refused")
+    wait_for("the refused trial's Job to be deleted", lambda: not jobs_of(api, cluster, "refused") or None,
+             timeout=300)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from kubetune.controller.templates import (
     build_trial_workload,
     reporting_selector,
 )
-from tests.unit.test_planner import make_job, report, run, trial
+from tests.unit.test_planner import NOW, make_job, report, run, trial
 
 TRAINER = {
     "name": "trainer",
@@ -273,6 +274,29 @@ def test_a_finished_job_deletes_the_running_workloads_whole() -> None:
     result = run(job, [t0, t1], [done, running])
     deletions = result.of_type(DeletePod)
     assert [(d.name, d.resource) for d in deletions] == [("digits-1-1", JOBSET)]
+
+
+@pytest.mark.parametrize(("age", "phase", "reason", "deleted"), [
+    (5, "Running", None, False),  # its controller has not got to it yet: nothing to say
+    (60, "Running", "PodsNotCreated", False),  # says why it waits (a quota, a webhook, no controller)
+    (301, "Failed", "PodsNotCreated", True),  # notStartingTimeoutSeconds (300): fails, the workload goes
+])
+def test_a_workload_that_creates_no_pod_says_so_then_fails_per_the_not_starting_policy(
+    age: int, phase: str, reason: str | None, deleted: bool
+) -> None:
+    job = jobset_job()
+    t = trial(job, 0, {"lr": 0.01, "optimizer": "adam"}, phase="Running", attempts=1)
+    body = workload_body("digits-0-1")
+    body["metadata"]["creationTimestamp"] = (NOW - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body["kind"] = "JobSet"
+    view = workload_view(body, [], "Completed", "Failed", RANK0)
+    assert view is not None and view.phase == "Pending"
+    result = run(job, [t], [view])
+    status = next((a.status for a in result.of_type(PatchTrialStatus) if a.trial == "digits-0"), {})
+    assert status.get("phase", "Running") == phase and status.get("reason") == reason, status
+    if reason is not None:
+        assert "JobSet digits-0-1 has created no pod" in status["message"]
+    assert [d.name for d in result.of_type(DeletePod)] == (["digits-0-1"] if deleted else [])
 
 
 def test_a_bad_cel_condition_or_a_pod_template_path_that_matches_nothing_makes_the_job_invalid() -> None:

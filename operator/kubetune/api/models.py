@@ -835,7 +835,8 @@ class TrialTemplate(KubeModel):
             "CreateContainerConfigError, CreateContainerError, RunContainerError) fails with that reason once "
             "its pod is this old, instead of waiting forever; null waits (the reason stays in the Trial's status "
             "and the job's TrialsNotStarting condition either way). Not retried: a wrong image or a missing "
-            "Secret stays wrong. With a workload: any of its pods."
+            "Secret stays wrong. With a workload: any of its pods, or none created (PodsNotCreated, after 15 s: a "
+            "ResourceQuota or an admission webhook refuses them, or no controller runs the kind)."
         ),
     )
     unschedulable_timeout_seconds: int | None = Field(

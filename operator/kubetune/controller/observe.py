@@ -97,6 +97,12 @@ NOT_STARTING_REASONS = frozenset({
     "CreateContainerError", "RunContainerError", "PreCreateHookError", "PostStartHookError",
 })
 UNSCHEDULABLE = "Unschedulable"
+# A workload with no pod at all: a ResourceQuota or an admission webhook refuses them, or no controller runs
+# its kind. Reported only once the workload is PODS_NOT_CREATED_GRACE_SECONDS old (its controller takes a moment).
+PODS_NOT_CREATED = "PodsNotCreated"
+PODS_NOT_CREATED_GRACE_SECONDS = 15.0
+# Every reason a trial waits for Kubernetes to start it (the Trial's status.reason meanwhile).
+STUCK_REASONS = NOT_STARTING_REASONS | {UNSCHEDULABLE, PODS_NOT_CREATED}
 # What the kubelet says when runAsNonRoot meets an image whose user is root, and the fix to name.
 _ROOT_IMAGE = "runAsNonRoot and image will run as root"
 ROOT_IMAGE_FIX = (
@@ -273,6 +279,10 @@ def workload_view(workload: dict[str, Any], pods: list[dict[str, Any]], success:
     phase = "Failed" if failed else "Succeeded" if succeeded else \
         "Running" if any(v.phase in ("Running", "Succeeded") for v in views) else "Pending"
     stuck = next((v for v in views if v.not_starting is not None), None) if phase == "Pending" else None
+    kind, name = str(workload.get("kind", "workload")), metadata["name"]
+    no_pods = (PODS_NOT_CREATED, f"{kind} {name} has created no pod (a ResourceQuota or an admission webhook may "
+               f"refuse them, or no controller runs {kind}): see `kubectl describe {kind.lower()} {name}` and its "
+               "Events") if phase == "Pending" and not views else None
     return PodView(
         name=metadata["name"],
         trial=trial,
@@ -285,7 +295,7 @@ def workload_view(workload: dict[str, Any], pods: list[dict[str, Any]], success:
         started_at=min((v.started_at for v in views if v.started_at), default=None),
         finished_at=(reporter.finished_at if reporter is not None else None) if phase != "Running" else None,
         created_at=stuck.created_at if stuck is not None else metadata.get("creationTimestamp"),
-        not_starting=stuck.not_starting if stuck is not None else None,
+        not_starting=stuck.not_starting if stuck is not None else no_pods,
     )
 
 

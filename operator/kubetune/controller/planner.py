@@ -55,7 +55,9 @@ from kubetune.controller.ledger import (
     settle,
 )
 from kubetune.controller.observe import (
-    NOT_STARTING_REASONS,
+    PODS_NOT_CREATED,
+    PODS_NOT_CREATED_GRACE_SECONDS,
+    STUCK_REASONS,
     UNSCHEDULABLE,
     PodView,
     TerminationReport,
@@ -431,7 +433,7 @@ def advance_trial(
     if pod.phase == "Pending" and pod.not_starting is not None and not pod.deleting:
         _not_starting(job, trial, pod, pod.not_starting, status, step, now)
         return step
-    if status.reason in NOT_STARTING_REASONS or status.reason == UNSCHEDULABLE:
+    if status.reason in STUCK_REASONS:
         status.reason = status.message = None  # it started after all
     if pod.phase == "Running" and not pod.deleting:
         if status.phase != TrialPhase.RUNNING:
@@ -451,6 +453,9 @@ def _not_starting(job: TuningJob, trial: Trial, pod: PodView, why: tuple[str, st
     created = _parse_time(pod.created_at) or now
     age = (now - created).total_seconds()
     name, trial_id = trial.metadata.name, trial.metadata.uid or trial.metadata.name
+    if reason == PODS_NOT_CREATED and age < PODS_NOT_CREATED_GRACE_SECONDS:
+        step.recheck_after = PODS_NOT_CREATED_GRACE_SECONDS - age  # its controller may simply not have got to it
+        return
     if timeout is not None and age >= timeout:
         status.phase = TrialPhase.FAILED
         status.reason = reason
@@ -769,7 +774,7 @@ def plan(
             result.actions.append(PatchTrialStatus(trial.metadata.name, status.to_wire()))
 
     result.not_starting = Counter(s.reason for s in statuses if s.phase == TrialPhase.PENDING and s.reason
-                                  and (s.reason in NOT_STARTING_REASONS or s.reason == UNSCHEDULABLE))
+                                  and s.reason in STUCK_REASONS)
     result.status = _job_status(job, counts, best, finished, observations, start, now, active, statuses,
                                 other_operators, pareto_front(job, ledger, active, statuses),
                                 _last_incomplete(ledger, active, statuses))
@@ -905,7 +910,7 @@ def _job_status(
                                        message + "; early stopping is paused, final results still come from pods",
                                        stamp, generation)
     stuck = [(t, s) for t, s in zip(active_trials, statuses, strict=True) if s.phase == TrialPhase.PENDING
-             and (s.reason in NOT_STARTING_REASONS or s.reason == UNSCHEDULABLE)]
+             and s.reason in STUCK_REASONS]
     if stuck:
         first, first_status = stuck[0]
         conditions = set_condition(
