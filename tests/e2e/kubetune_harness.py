@@ -237,6 +237,44 @@ def script_trial_template(script: str, pod: dict[str, Any] | None = None, **cont
     return {"template": {"spec": {**(pod or {}), "containers": [main]}}}
 
 
+# A trial as an indexed batch Job of two pods: rank 0 reports its score, rank 1 only works; `fail` makes rank 1
+# exit 1.
+INDEXED_JOB_SCRIPT = """
+import json, os, sys, time
+rank = int(os.environ["JOB_COMPLETION_INDEX"])
+x, fail = float(sys.argv[1]), sys.argv[2] == "fail"
+time.sleep(1)
+if rank == 1 and fail:
+    sys.exit(1)
+if rank == 0:
+    with open(os.environ["KUBETUNE_TERMINATION_MESSAGE_PATH"], "w") as out:
+        json.dump({"status": "completed", "metrics": {"score": x}}, out)
+"""
+
+
+def indexed_job(name: str, mode: str, **budget: int) -> dict[str, Any]:
+    """A TuningJob whose trials are indexed batch Jobs (trialTemplate.workload; the operator needs
+    KUBETUNE_WORKLOAD_KINDS=batch/v1/jobs): three trials of `x` in [0, 1], two at a time, unless `budget` says
+    otherwise; `mode` "fail" fails every attempt."""
+    container = {"name": "trainer", "image": "python:3.11-slim",
+                 "command": ["python", "-c", INDEXED_JOB_SCRIPT, "${params.x}", mode]}
+    return {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "TuningJob",
+        "metadata": {"name": name},
+        "spec": {
+            "objective": {"metric": "score", "goal": "maximize"},
+            "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
+            "budget": {"maxTrials": 3, "parallelism": 2, **budget},
+            "trialTemplate": {"retries": 1, "workload": {
+                "apiVersion": "batch/v1", "kind": "Job",
+                "spec": {"completionMode": "Indexed", "completions": 2, "parallelism": 2, "backoffLimit": 0,
+                         "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}},
+            }},
+        },
+    }
+
+
 def condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return next((c for c in (job.get("status") or {}).get("conditions", []) if c["type"] == type_), None)
 

@@ -1,7 +1,8 @@
 """The Helm chart in the dev cluster: `helm install`, the operator as the chart's pod under the chart's
 ServiceAccount (RBAC enforced by the real API server), a TuningJob to Succeeded, every PromQL expression
 of the dashboard and the alerts on the real Prometheus, `helm uninstall` leftovers, and each RBAC rule
-shown necessary by installing the chart without it.
+shown necessary by installing the chart without it (with `workloadKinds` granting batch Jobs, whose rule an
+indexed-Job TuningJob needs).
 
 The dev cluster's node agent runs the chart's unchanged `kubetune operator` command as a host process
 (helm/kubetune/ci/dev-values.yaml says how); the job's trials are small Python scripts that report through
@@ -34,6 +35,7 @@ from kubetune_harness import (
     Cluster,
     create_namespace,
     fresh_namespace,
+    indexed_job,
     install_crds,
     script_trial_template,
     wait_for,
@@ -54,6 +56,10 @@ RBAC_NAMESPACE = "kubetune-rbac"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 JOB = "chart-smoke"
 TRIALS = 3
+# Every release may run trials as indexed batch Jobs (trialTemplate.workload): `helm test` checks the chart's
+# rule for them live, and the RBAC releases run such a job.
+WORKLOAD_KINDS = json.dumps([{"group": "batch", "version": "v1", "resource": "jobs"}])
+WORKLOAD_JOB, WORKLOAD_TRIALS = "chart-workload", 2
 # Ports other than the defaults: the chart's port values must reach the operator, its probes, its metrics
 # Service and the trials' scrape annotations.
 TRIAL_METRICS_PORT = 18437
@@ -89,11 +95,13 @@ def helm_binary() -> Path:
 
 
 def rendered_rules() -> list[dict[str, Any]]:
-    """The rules of the ClusterRole `helm template` renders with the defaults (the list the tests drop from)."""
+    """The rules of the ClusterRole `helm template` renders with the RBAC releases' workloadKinds (the list the
+    tests drop from): the defaults' rules, then the batch Jobs' rule."""
     if not helm_binary().exists():
         pytest.skip(f"helm is not built at {helm_binary()}: run `make binaries`", allow_module_level=True)
     out = subprocess.run(
-        [str(helm_binary()), "template", RELEASE, str(CHART), "--show-only", "templates/rbac.yaml"],
+        [str(helm_binary()), "template", RELEASE, str(CHART), "--show-only", "templates/rbac.yaml",
+         "--set-json", f"workloadKinds={WORKLOAD_KINDS}"],
         capture_output=True, text=True, check=True, timeout=120,
     ).stdout
     roles = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "ClusterRole"]
@@ -162,8 +170,9 @@ def job_manifest(name: str) -> dict[str, Any]:
     }
 
 
-def completion_problems(cluster: Cluster, name: str) -> list[str]:
-    """What keeps the job from having completed correctly: phase, counts, best trial, Events. Empty: correct."""
+def completion_problems(cluster: Cluster, name: str, trials: int = TRIALS) -> list[str]:
+    """What keeps the job of `trials` trials from having completed correctly: phase, counts, best trial, Events.
+    Empty: correct."""
     try:
         job = cluster.job(name)
     except ApiException as exc:
@@ -173,8 +182,8 @@ def completion_problems(cluster: Cluster, name: str) -> list[str]:
     if status.get("phase") != "Succeeded":
         problems.append(f"phase {status.get('phase')!r}")
     counts = status.get("counts") or {}
-    if counts.get("created") != TRIALS or counts.get("failed") or (
-        counts.get("succeeded", 0) + counts.get("earlyStopped", 0) != TRIALS
+    if counts.get("created") != trials or counts.get("failed") or (
+        counts.get("succeeded", 0) + counts.get("earlyStopped", 0) != trials
     ):
         problems.append(f"counts {counts}")
     if not (status.get("bestTrial") or {}).get("name"):
@@ -259,7 +268,8 @@ def install(helm: Helm, api: client.ApiClient) -> Iterator[Install]:
     core = client.CoreV1Api(api)
     create_namespace(core, RELEASE_NAMESPACE)  # the operator and the helm test pod pass `restricted` too
     adopt_crds(api, RELEASE, RELEASE_NAMESPACE)
-    helm.install(RELEASE, RELEASE_NAMESPACE, "--wait", "--timeout", "5m")
+    helm.install(RELEASE, RELEASE_NAMESPACE, "--set-json", f"workloadKinds={WORKLOAD_KINDS}", "--wait",
+                 "--timeout", "5m")
     namespace = fresh_namespace(core, "chart")
     cluster = Cluster(api, namespace)
     started = time.time()
@@ -446,12 +456,19 @@ class RbacRun:
     log: str
 
 
+def rbac_problems(cluster: Cluster) -> list[str]:
+    """What keeps either job of an RBAC release from having completed correctly, each named by its job."""
+    return [f"{name}: {problem}" for name, trials in ((JOB, TRIALS), (WORKLOAD_JOB, WORKLOAD_TRIALS))
+            for problem in completion_problems(cluster, name, trials)]
+
+
 @pytest.fixture(scope="module")
 def rbac_runs(helm: Helm, api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         dict[str, RbacRun]]:
-    """One release per rule of the chart's RBAC, installed with that rule removed, plus a control release
-    with every rule, all at once: each watches only its own namespace (a Role there), runs the same job,
-    and has as long as the control needs to complete it, and half as long again."""
+    """One release per rule of the chart's RBAC (workloadKinds: batch Jobs), installed with that rule removed,
+    plus a control release with every rule, all at once: each watches only its own namespace (a Role there),
+    runs the same two jobs (pod trials, and indexed-Job trials), and has as long as the control needs to
+    complete them, and half as long again."""
     install_crds(api)  # the kept CRDs, or fresh ones when run alone
     core = client.CoreV1Api(api)
     create_namespace(core, RBAC_NAMESPACE)
@@ -472,21 +489,22 @@ def rbac_runs(helm: Helm, api: client.ApiClient, tmp_path_factory: pytest.TempPa
                 "--post-renderer-args", str(index),
             ]
             helm.install(release, RBAC_NAMESPACE, "--set-json", f'watchNamespaces=["{namespace}"]',
-                         "--set", "crds.enabled=false", *extra)
+                         "--set-json", f"workloadKinds={WORKLOAD_KINDS}", "--set", "crds.enabled=false", *extra)
             runs[case] = RbacRun(release, Cluster(api, namespace), [], "")
         for run in runs.values():
             run.cluster.create_job(job_manifest(JOB))
+            run.cluster.create_job(indexed_job(WORKLOAD_JOB, "ok", maxTrials=WORKLOAD_TRIALS))
         started = time.monotonic()
         control = runs["control"]
         try:
-            wait_for("the control job to complete", lambda: not completion_problems(control.cluster, JOB),
+            wait_for("the control jobs to complete", lambda: not rbac_problems(control.cluster),
                      timeout=360, interval=2)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}: {completion_problems(control.cluster, JOB)}\n"
+            raise AssertionError(f"{exc}: {rbac_problems(control.cluster)}\n"
                                  f"{operator_log(core, RBAC_NAMESPACE, control.release)[-4000:]}") from exc
         time.sleep(max(15.0, 0.5 * (time.monotonic() - started)))
         for run in runs.values():
-            run.problems = completion_problems(run.cluster, JOB)
+            run.problems = rbac_problems(run.cluster)
             run.log = operator_log(core, RBAC_NAMESPACE, run.release)
         yield runs
     finally:
@@ -495,7 +513,8 @@ def rbac_runs(helm: Helm, api: client.ApiClient, tmp_path_factory: pytest.TempPa
             core.delete_namespace(run.cluster.namespace)
 
 
-def test_rbac_control_release_completes_the_job(rbac_runs: dict[str, RbacRun]) -> None:
+def test_rbac_control_release_completes_the_jobs(rbac_runs: dict[str, RbacRun]) -> None:
+    """With every rule, both the pod-trial job and the indexed-Job (workload) job complete."""
     assert rbac_runs["control"].problems == []
     assert "forbidden" not in rbac_runs["control"].log.lower()
 
@@ -504,7 +523,9 @@ def test_rbac_control_release_completes_the_job(rbac_runs: dict[str, RbacRun]) -
 def test_removing_an_rbac_rule_breaks_the_job(rbac_runs: dict[str, RbacRun], index: int) -> None:
     rule = RULES[index]
     run = rbac_runs[f"drop-{index}"]
-    assert run.problems, f"the job completed correctly without the rule {rule}: the rule is dead weight"
+    assert run.problems, f"the jobs completed correctly without the rule {rule}: the rule is dead weight"
+    # Without the workloadKinds rule (batch jobs) the pod-trial job stalls too: Kopf handles nothing until
+    # every index, the Jobs' included, has been listed, and the API server refuses that list.
     # The API server refused the chart's ServiceAccount exactly what the rule granted.
     user = f'User "system:serviceaccount:{RBAC_NAMESPACE}:{run.release}-kubetune"'
     refused = [

@@ -8,24 +8,11 @@ from typing import Any
 
 import pytest
 from kubernetes import client, config
-from kubetune_harness import Cluster, OperatorProcess, fresh_namespace, install_crds, wait_for
+from kubetune_harness import Cluster, OperatorProcess, fresh_namespace, indexed_job, install_crds, wait_for
 
 from kubetune_dev.cluster import ClusterInfo
 
 pytestmark = pytest.mark.e2e
-
-# Rank 0 reports its score, rank 1 only works; `fail` makes rank 1 exit 1.
-SCRIPT = """
-import json, os, sys, time
-rank = int(os.environ["JOB_COMPLETION_INDEX"])
-x, fail = float(sys.argv[1]), sys.argv[2] == "fail"
-time.sleep(1)
-if rank == 1 and fail:
-    sys.exit(1)
-if rank == 0:
-    with open(os.environ["KUBETUNE_TERMINATION_MESSAGE_PATH"], "w") as out:
-        json.dump({"status": "completed", "metrics": {"score": x}}, out)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -43,26 +30,6 @@ def tuning(dev_cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory
     operator.stop()
     client.CoreV1Api(api).delete_namespace(namespace)
     api.close()
-
-
-def indexed_job(name: str, mode: str, **budget: int) -> dict[str, Any]:
-    container = {"name": "trainer", "image": "python:3.11-slim",
-                 "command": ["python", "-c", SCRIPT, "${params.x}", mode]}
-    return {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "TuningJob",
-        "metadata": {"name": name},
-        "spec": {
-            "objective": {"metric": "score", "goal": "maximize"},
-            "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
-            "budget": {"maxTrials": 3, "parallelism": 2, **budget},
-            "trialTemplate": {"retries": 1, "workload": {
-                "apiVersion": "batch/v1", "kind": "Job",
-                "spec": {"completionMode": "Indexed", "completions": 2, "parallelism": 2, "backoffLimit": 0,
-                         "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}},
-            }},
-        },
-    }
 
 
 def jobs_of(api: client.ApiClient, cluster: Cluster, name: str) -> list[Any]:

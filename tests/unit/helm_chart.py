@@ -32,6 +32,11 @@ OPERATOR_RULES: list[dict[str, Any]] = [
 ]
 
 
+def workload_rule(group: str, resource: str) -> dict[str, Any]:
+    """The rule of one kind of the chart's workloadKinds: a trial's attempt is one of them, as it is a pod."""
+    return {"apiGroups": [group], "resources": [resource], "verbs": ["get", "list", "watch", "create", "delete"]}
+
+
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if not HELM.exists():
         pytest.skip(f"helm is not built at {HELM}: run `make binaries` (hack/build-binaries.sh)")

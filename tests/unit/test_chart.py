@@ -22,6 +22,7 @@ from helm_chart import (
     readme_with_table,
     render,
     render_error,
+    workload_rule,
 )
 
 from kubetune.api.crd import CHART_HEADER, build_crds, escape_helm, render_chart_crds
@@ -91,6 +92,7 @@ def test_deployment_is_hardened_and_single() -> None:
         "KUBETUNE_OPERATOR_ID": "kubetune/kt-kubetune",  # the release: stable across restarts, one per install
         "KUBETUNE_PROMETHEUS_URL": "",
         "KUBETUNE_NAMESPACES": "",
+        "KUBETUNE_WORKLOAD_KINDS": "",  # pod trials only
         "KUBETUNE_WORKERS": "4",
         "KUBETUNE_METRICS_POLL_SECONDS": "2",
         "KUBETUNE_FINAL_METRICS_GRACE_SECONDS": "30",
@@ -202,6 +204,37 @@ def test_namespaced_rbac_has_no_cluster_permissions() -> None:
     assert env_of(one(manifests, "Deployment"))["KUBETUNE_NAMESPACES"] == "team-a,team-b"
     podmonitor = one(manifests, "PodMonitor")
     assert podmonitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+
+
+JOBS = {"group": "batch", "version": "v1", "resource": "jobs"}
+JOBSETS = {"group": "jobset.x-k8s.io", "version": "v1alpha2", "resource": "jobsets"}
+
+
+@pytest.mark.parametrize("namespaced", [False, True], ids=["cluster-wide", "namespaced"])
+@pytest.mark.parametrize("kinds", [[], [JOBS], [JOBS, JOBSETS]], ids=["no-kind", "jobs", "jobs+jobsets"])
+def test_workload_kinds_reach_the_operator_with_exactly_their_rules(
+    kinds: list[dict[str, str]], namespaced: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """workloadKinds: the operator watches exactly those kinds (the env var parsed as the operator parses it)
+    and each (Cluster)Role adds one rule per kind, with the verbs a trial's attempt needs, to the least set."""
+    from kubetune.controller.templates import Resource, parse_resource
+    from kubetune.handlers.config import OperatorConfig
+
+    args = ["--set-json", f"workloadKinds={json.dumps(kinds)}"]
+    if namespaced:
+        args += ["--set-json", 'watchNamespaces=["team-a","team-b"]']
+    manifests = render(*args)
+    monkeypatch.setenv("KUBETUNE_WORKLOAD_KINDS", env_of(one(manifests, "Deployment"))["KUBETUNE_WORKLOAD_KINDS"])
+    watched = [parse_resource(k) for k in OperatorConfig.from_env().workload_kinds]
+    assert watched == [Resource(k["group"], k["version"], k["resource"]) for k in kinds]
+    expected = OPERATOR_RULES + [workload_rule(k["group"], k["resource"]) for k in kinds]
+    roles = of_kind(manifests, "Role" if namespaced else "ClusterRole")
+    assert len(roles) == (2 if namespaced else 1)
+    assert not of_kind(manifests, "ClusterRole" if namespaced else "Role")
+    for role in roles:
+        assert role["rules"] == expected
+    selftest = {e["name"]: e["value"] for e in one(manifests, "Pod")["spec"]["containers"][0]["env"]}
+    assert json.loads(selftest["KUBETUNE_SELFTEST_RULES"]) == expected  # `helm test` checks them too
 
 
 def test_rbac_and_service_account_can_be_left_out() -> None:
@@ -343,6 +376,17 @@ def test_inconsistent_values_fail_with_a_message(args: list[str], message: str) 
         (["--set", "metrics.podMonitor.interval=15 seconds"], "at '/metrics/podMonitor/interval'"),
         (["--set", "operator.prometheusUrl=prometheus:9090"], "at '/operator/prometheusUrl'"),
         (["--set", "metrics.prometheusRule.failingRatio=2"], "at '/metrics/prometheusRule/failingRatio'"),
+        (["--set-json", 'workloadKinds=["batch/v1/jobs"]'], "at '/workloadKinds/0': got string, want object"),
+        (["--set-json", 'workloadKinds=[{"group":"batch","version":"v1"}]'],
+         "at '/workloadKinds/0': missing property 'resource'"),
+        (["--set-json", 'workloadKinds=[{"group":"batch","version":"v1","resource":"Job"}]'],
+         "at '/workloadKinds/0/resource'"),
+        (["--set-json", 'workloadKinds=[{"group":"","version":"v1","resource":"pods"}]'],
+         "at '/workloadKinds/0/group'"),
+        (["--set-json", 'workloadKinds=[{"group":"batch","version":"1","resource":"jobs"}]'],
+         "at '/workloadKinds/0/version'"),
+        (["--set-json", 'workloadKinds=[{"group":"batch","version":"v1","resource":"jobs","kind":"Job"}]'],
+         "at '/workloadKinds/0': additional properties 'kind' not allowed"),
     ],
 )
 def test_schema_rejects_bad_values_with_a_clear_message(args: list[str], message: str) -> None:

@@ -79,9 +79,11 @@ when it scrapes through the ServiceMonitor.
 
 {{/*
 The operator's least privileges: exactly what it calls, one rule per resource so each can
-be reviewed (and removed in tests) on its own. It lists and watches (never GETs single
-objects), writes job and trial status through the status subresource, creates trials and
-their pods, deletes pods of stopped trials, and records Events. Standalone (one replica, no
+be reviewed (and removed in tests) on its own. It lists and watches, writes job and trial
+status through the status subresource, creates trials and their pods, GETs a pod the watch
+has not shown yet, deletes pods of stopped trials, records Events and holds each job's
+Lease. Each kind of workloadKinds gets the verbs pods get (a trial's attempt is one of
+them); their pods are trial pods, covered by the pods rule. Standalone (one replica, no
 peering objects), so nothing else. Keep in sync with helm/kubetune/README.md and the test
 tests/unit/helm_chart.py::OPERATOR_RULES.
 */}}
@@ -107,6 +109,23 @@ tests/unit/helm_chart.py::OPERATOR_RULES.
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
   verbs: ["get", "create", "update"]
+{{- range .Values.workloadKinds }}
+- apiGroups: [{{ .group | quote }}]
+  resources: [{{ .resource | quote }}]
+  verbs: ["get", "list", "watch", "create", "delete"]
+{{- end }}
+{{- end }}
+
+{{/*
+KUBETUNE_WORKLOAD_KINDS: the kinds of workloadKinds as the operator reads them, group/version/resource
+joined by commas (empty: none).
+*/}}
+{{- define "kubetune.workloadKinds" -}}
+{{- $kinds := list }}
+{{- range .Values.workloadKinds }}
+{{- $kinds = append $kinds (printf "%s/%s/%s" .group .version .resource) }}
+{{- end }}
+{{- join "," $kinds }}
 {{- end }}
 
 {{/*
