@@ -240,3 +240,21 @@ def test_a_stuck_rank_fails_rank_0_after_the_timeout(tmp_path: Path) -> None:
     assert 3 <= elapsed < 30, output
     assert message["status"] == "failed" and "Timed out" in message["reason"], output
     assert process.returncode != 0, output
+
+
+@pytest.mark.slow
+@needs_proc
+def test_sigterm_stops_every_rank_at_the_same_boundary_and_rank_0_reports_stopped(tmp_path: Path) -> None:
+    process, pids = start_until_training(tmp_path, KUBETUNE_DIST_TIMEOUT_SECONDS="30")
+    try:
+        os.kill(pids[1], signal.SIGTERM)  # one rank only: its stop flag must stop rank 0 too
+        output = process.communicate(timeout=120)[0]
+    finally:
+        stop_all(process, pids)
+    message = json.loads((tmp_path / "termination-log").read_text())
+    assert message["status"] == "stopped", output
+    stopped = [rank_lines(output, rank, "trial stopped") for rank in (0, 1)]
+    assert all(len(lines) == 1 for lines in stopped), output
+    # The same reason (same epoch, before or during it) on both ranks.
+    reasons = [lines[0].split("SIGTERM: ")[1].removesuffix(" (rank 0 reports it)") for lines in stopped]
+    assert reasons[0] == reasons[1] == message["reason"].removeprefix("SIGTERM: "), output
