@@ -14,6 +14,10 @@ code  status      when
 
 Every path writes the termination message (see `kubetune.report`), and every
 path that started the metrics exporter waits (bounded) for a final scrape.
+
+Under torchrun (WORLD_SIZE > 1) only rank 0 reports: it alone serves metrics
+and writes the termination message; the other ranks train, log, and exit with
+the same status's code.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from kubetune_trainer.config import (
     knob_values_from_args,
     resolve_config,
 )
+from kubetune_trainer.distributed import WorldSettings, world_from_env
 
 log = logging.getLogger("kubetune_trainer")
 
@@ -141,8 +146,20 @@ class StopSignal:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Run one trial; returns the process exit code."""
     env = os.environ if env is None else env
+    world: WorldSettings | None = None
+    world_error: ValueError | None = None
+    try:
+        world = world_from_env(env)
+    except ValueError as error:
+        world_error = error
     if not logging.getLogger().handlers:
-        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        # Under torchrun the ranks' lines interleave in one stream; say whose each line is.
+        where = f"[rank {world.rank}/{world.size}] " if world is not None else ""
+        logging.basicConfig(
+            stream=sys.stderr, level=logging.INFO, format=f"%(asctime)s %(levelname)s {where}%(message)s"
+        )
+    # Rank 0 (or the only process) reports; other ranks neither serve metrics nor write the termination message.
+    reports = world is None or world.rank == 0
     parser = build_parser()
     path = env.get(ENV_TERMINATION_MESSAGE_PATH) or DEFAULT_TERMINATION_MESSAGE_PATH
     fallback = ReporterSettings(metrics_port=0, termination_message_path=path)
@@ -151,17 +168,21 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except CommandLineError as error:
         parser.print_usage(sys.stderr)
         log.error("invalid command line: %s", error)
-        return _finish_without_exporter(fallback, "failed", f"invalid command line: {error}", EXIT_BAD_INPUT)
+        return _finish_without_exporter(fallback, "failed", f"invalid command line: {error}", EXIT_BAD_INPUT, reports)
     try:
+        if world_error is not None:
+            raise world_error
         settings = reporter_settings(args, env)
     except ValueError as error:
         log.error("invalid runtime settings: %s", error)
-        return _finish_without_exporter(fallback, "failed", f"invalid runtime settings: {error}", EXIT_BAD_INPUT)
+        reason = f"invalid runtime settings: {error}"
+        return _finish_without_exporter(fallback, "failed", reason, EXIT_BAD_INPUT, reports)
     try:
         resolved = resolve_config(knob_values_from_args(args), env)
     except ConfigError as error:
         log.error("invalid configuration: %s", error)
-        return _finish_without_exporter(settings, "failed", f"invalid configuration: {error}", EXIT_BAD_INPUT)
+        reason = f"invalid configuration: {error}"
+        return _finish_without_exporter(settings, "failed", reason, EXIT_BAD_INPUT, reports)
     config = resolved.config
     if args.print_config:
         print(json.dumps({"knobs": config.to_dict(), "sources": resolved.sources}, indent=2))
@@ -173,9 +194,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if overridden:
         log.info("knob sources: %s", json.dumps(overridden, separators=(",", ":")))
 
-    reporter = TrialReporter(settings)
+    reporter = TrialReporter(settings) if reports else None
     try:
-        reporter.start()
+        if reporter is not None:
+            reporter.start()
     except OSError as error:
         reason = f"cannot serve metrics on {settings.metrics_address}:{settings.metrics_port}: {error}"
         log.error("%s", reason)
@@ -183,23 +205,29 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
     stop = StopSignal()
     with stop.installed():
-        status, reason, code = _train(config, reporter, stop)
+        status, reason, code = _train(config, reporter, stop, world)
         stop.finishing = True
+        if reporter is None:
+            log.info("trial %s: %s (rank 0 reports it)", status, reason)
+            return code
         final = reporter.finish(status=status, reason=reason, cancel=stop.abandon_final_wait)
     _log_final(final)
     return code
 
 
-def _train(config: TrainerConfig, reporter: TrialReporter, stop: StopSignal) -> tuple[TrialStatus, str, int]:
+def _train(
+    config: TrainerConfig, reporter: TrialReporter | None, stop: StopSignal, world: WorldSettings | None = None
+) -> tuple[TrialStatus, str, int]:
     """Train and report each epoch; returns (status, reason, exit code). Imports torch lazily."""
     try:
         import torch
 
         from kubetune_trainer.data import prepare_data
+        from kubetune_trainer.distributed import process_group, worker_device
         from kubetune_trainer.training import EpochMetrics, resolve_device, train
 
         data = prepare_data(config)
-        device = resolve_device(config.device)
+        device = worker_device(resolve_device(config.device), world)
         log.info(
             "dataset %s: %d train / %d validation samples, input shape %s, %d classes; device %s (torch %s)",
             data.name,
@@ -212,9 +240,11 @@ def _train(config: TrainerConfig, reporter: TrialReporter, stop: StopSignal) -> 
         )
 
         def on_epoch(metrics: EpochMetrics) -> None:
-            reporter.report(metrics.epoch, **metrics.as_dict())
+            if reporter is not None:
+                reporter.report(metrics.epoch, **metrics.as_dict())
 
-        outcome = train(config, data, device=device, stop=stop.event, on_epoch=on_epoch)
+        with process_group(world, device) as collectives:
+            outcome = train(config, data, device=device, stop=stop.event, on_epoch=on_epoch, world=collectives)
     except ConfigError as error:
         log.error("invalid input: %s", error)
         return "failed", f"invalid input: {error}", EXIT_BAD_INPUT
@@ -227,8 +257,12 @@ def _train(config: TrainerConfig, reporter: TrialReporter, stop: StopSignal) -> 
     return outcome.status, outcome.reason, EXIT_CODES[outcome.status]
 
 
-def _finish_without_exporter(settings: ReporterSettings, status: TrialStatus, reason: str, code: int) -> int:
-    """Write the termination message for a trial that never started its exporter."""
+def _finish_without_exporter(
+    settings: ReporterSettings, status: TrialStatus, reason: str, code: int, reports: bool = True
+) -> int:
+    """Write the termination message for a trial that never started its exporter (rank 0 or single process only)."""
+    if not reports:
+        return code
     quiet = ReporterSettings(
         metrics_address=settings.metrics_address,
         metrics_port=0,

@@ -111,7 +111,7 @@ class TrainerConfig:
     lr: float = knob(1e-3, "peak learning rate, > 0", "optimization")
     momentum: float = knob(0.9, "sgd: momentum in [0, 1)", "optimization")
     nesterov: bool = knob(False, "sgd: Nesterov momentum (needs momentum > 0)", "optimization")
-    batch_size: int = knob(64, "training batch size, >= 1", "optimization")
+    batch_size: int = knob(64, "training batch size (of each rank under torchrun), >= 1", "optimization")
     epochs: int = knob(20, "maximum number of epochs, >= 1", "optimization")
     lr_schedule: str = knob("constant", "learning-rate schedule after warmup", "optimization", LR_SCHEDULES)
     step_size: int = knob(10, "step schedule: epochs between decays", "optimization")
