@@ -252,12 +252,8 @@ if rank == 0:
 """
 
 
-def indexed_job(name: str, mode: str, **budget: int) -> dict[str, Any]:
-    """A TuningJob whose trials are indexed batch Jobs (trialTemplate.workload; the operator needs
-    KUBETUNE_WORKLOAD_KINDS=batch/v1/jobs): three trials of `x` in [0, 1], two at a time, unless `budget` says
-    otherwise; `mode` "fail" fails every attempt."""
-    container = {"name": "trainer", "image": "python:3.11-slim",
-                 "command": ["python", "-c", INDEXED_JOB_SCRIPT, "${params.x}", mode]}
+def score_job(name: str, trial_template: dict[str, Any], budget: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """A TuningJob maximising the `score` its trials report for one parameter `x` in [0, 1]."""
     return {
         "apiVersion": "kubetune.io/v1alpha1",
         "kind": "TuningJob",
@@ -265,14 +261,25 @@ def indexed_job(name: str, mode: str, **budget: int) -> dict[str, Any]:
         "spec": {
             "objective": {"metric": "score", "goal": "maximize"},
             "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
-            "budget": {"maxTrials": 3, "parallelism": 2, **budget},
-            "trialTemplate": {"retries": 1, "workload": {
-                "apiVersion": "batch/v1", "kind": "Job",
-                "spec": {"completionMode": "Indexed", "completions": 2, "parallelism": 2, "backoffLimit": 0,
-                         "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}},
-            }},
+            "budget": budget,
+            "trialTemplate": trial_template,
+            **spec,
         },
     }
+
+
+def indexed_job(name: str, mode: str, **budget: int) -> dict[str, Any]:
+    """A TuningJob whose trials are indexed batch Jobs (trialTemplate.workload; the operator needs
+    KUBETUNE_WORKLOAD_KINDS=batch/v1/jobs): three trials of `x` in [0, 1], two at a time, unless `budget` says
+    otherwise; `mode` "fail" fails every attempt."""
+    container = {"name": "trainer", "image": "python:3.11-slim",
+                 "command": ["python", "-c", INDEXED_JOB_SCRIPT, "${params.x}", mode]}
+    workload = {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "spec": {"completionMode": "Indexed", "completions": 2, "parallelism": 2, "backoffLimit": 0,
+                 "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}},
+    }
+    return score_job(name, {"retries": 1, "workload": workload}, {"maxTrials": 3, "parallelism": 2, **budget})
 
 
 def condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:

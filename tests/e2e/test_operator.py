@@ -22,6 +22,7 @@ from kubetune_harness import (
     fresh_namespace,
     install_crds,
     prometheus_query,
+    score_job,
     script_trial_template,
     wait_for,
 )
@@ -388,16 +389,8 @@ open(os.environ["KUBETUNE_TERMINATION_MESSAGE_PATH"], "w").write(json.dumps(
 
 def slow_job(name: str, max_trials: int, parallelism: int, **spec: Any) -> dict[str, Any]:
     """A job of script trials that each take about 6 s and report `score` = x."""
-    return {
-        "apiVersion": "kubetune.io/v1alpha1", "kind": "TuningJob", "metadata": {"name": name},
-        "spec": {
-            "objective": {"metric": "score", "goal": "maximize"},
-            "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
-            "budget": {"maxTrials": max_trials, "parallelism": parallelism},
-            "trialTemplate": script_trial_template(SLOW_TRIAL_SCRIPT),
-            **spec,
-        },
-    }
+    return score_job(name, script_trial_template(SLOW_TRIAL_SCRIPT),
+                     {"maxTrials": max_trials, "parallelism": parallelism}, **spec)
 
 
 def test_metrics_available_tells_the_truth_through_a_prometheus_outage(

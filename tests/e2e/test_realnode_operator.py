@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 from kubernetes import client, config
-from kubetune_harness import Cluster, OperatorProcess, condition, fresh_namespace, install_crds, wait_for
+from kubetune_harness import (
+    Cluster,
+    OperatorProcess,
+    condition,
+    fresh_namespace,
+    install_crds,
+    score_job,
+    wait_for,
+)
 
 from kubetune_dev.cluster import ClusterInfo
 from kubetune_dev.realcluster import node_images
@@ -43,17 +51,8 @@ def real_tuning(
 
 def shell_job(name: str, image: str, **budget: int) -> dict[str, Any]:
     container = {"name": "trial", "image": image, "command": ["sh", "-c", TRIAL_SCRIPT, "trial", "${params.x}"]}
-    return {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "TuningJob",
-        "metadata": {"name": name},
-        "spec": {
-            "objective": {"metric": "score", "goal": "maximize"},
-            "parameters": [{"name": "x", "type": "float", "min": 0, "max": 1}],
-            "budget": {"maxTrials": 4, "parallelism": 2, **budget},
-            "trialTemplate": {"template": {"spec": {"containers": [container]}}},
-        },
-    }
+    return score_job(name, {"template": {"spec": {"containers": [container]}}},
+                     {"maxTrials": 4, "parallelism": 2, **budget})
 
 
 def test_a_job_of_container_trials_succeeds_on_the_real_node(
