@@ -387,10 +387,13 @@ open(os.environ["KUBETUNE_TERMINATION_MESSAGE_PATH"], "w").write(json.dumps(
 """
 
 
-def slow_job(name: str, max_trials: int, parallelism: int, **spec: Any) -> dict[str, Any]:
+def slow_job(name: str, max_trials: int, parallelism: int, max_failed_trials: int | None = None,
+             **spec: Any) -> dict[str, Any]:
     """A job of script trials that each take about 6 s and report `score` = x."""
-    return score_job(name, script_trial_template(SLOW_TRIAL_SCRIPT),
-                     {"maxTrials": max_trials, "parallelism": parallelism}, **spec)
+    budget: dict[str, Any] = {"maxTrials": max_trials, "parallelism": parallelism}
+    if max_failed_trials is not None:
+        budget["maxFailedTrials"] = max_failed_trials
+    return score_job(name, script_trial_template(SLOW_TRIAL_SCRIPT), budget, **spec)
 
 
 def test_metrics_available_tells_the_truth_through_a_prometheus_outage(
@@ -516,7 +519,7 @@ def test_trials_that_cannot_start_say_why_and_fail_after_the_timeout(
     else:
         container["resources"] = {"limits": {"nvidia.com/gpu": 8}}
         expected, timeouts = "Unschedulable", {"unschedulableTimeoutSeconds": 15}
-    manifest = slow_job(case, 2, 2, budget={"maxTrials": 2, "parallelism": 2, "maxFailedTrials": 1})
+    manifest = slow_job(case, 2, 2, max_failed_trials=1)
     manifest["spec"]["trialTemplate"]["template"]["spec"]["containers"][0].update(container)
     manifest["spec"]["trialTemplate"].update(timeouts)
     cluster.create_job(manifest)

@@ -12,7 +12,7 @@ from kubernetes.client.rest import ApiException
 from kubetune_harness import EXAMPLES, POD_SECURITY_LABELS
 
 from kubetune.api import TuningJob
-from kubetune.controller.templates import build_trial_pod
+from kubetune.controller.templates import trial_pods
 from kubetune_dev.testing import Kube
 
 pytestmark = pytest.mark.e2e
@@ -51,17 +51,20 @@ def test_non_compliant_pods_are_rejected(kube: Kube, namespace: str, container: 
 
 @pytest.mark.parametrize("path", JOB_EXAMPLES, ids=lambda p: p.stem)
 def test_trial_pods_of_every_example_are_admitted(kube: Kube, namespace: str, path: Path) -> None:
-    """The operator's pod, exactly as built, through every admission plugin (server-side dry run)."""
+    """The operator's pod (or each pod template of its workload), exactly as built, through every admission
+    plugin (server-side dry run)."""
     manifest = yaml.safe_load(path.read_text())
     manifest["metadata"] = {"name": "psa", "namespace": namespace, "uid": "00000000-0000-0000-0000-000000000000"}
     job = TuningJob.model_validate(manifest)
     parameters = {p.name: (p.values[0] if p.values else p.min) for p in job.spec.parameters}
-    pod = build_trial_pod(job, "psa-0", 1, parameters, trial_uid=None)
-    for container in pod["spec"]["containers"]:  # the typed client wants quantities as strings
-        for kind in ("requests", "limits"):
-            quantities = (container.get("resources") or {}).get(kind) or {}
-            quantities.update({k: str(v) for k, v in quantities.items()})
-    created = kube.core.create_namespaced_pod(namespace, pod, dry_run="All")
-    assert created.spec.automount_service_account_token is False
-    # Admission added no token volume: trials cannot reach the API server as the namespace's ServiceAccount.
-    assert not [v for v in created.spec.volumes or [] if v.name.startswith("kube-api-access")]
+    pods = trial_pods(job, "psa-0", 1, parameters)
+    assert pods
+    for pod in pods:
+        for container in pod["spec"]["containers"]:  # the typed client wants quantities as strings
+            for kind in ("requests", "limits"):
+                quantities = (container.get("resources") or {}).get(kind) or {}
+                quantities.update({k: str(v) for k, v in quantities.items()})
+        created = kube.core.create_namespaced_pod(namespace, pod, dry_run="All")
+        assert created.spec.automount_service_account_token is False
+        # Admission added no token volume: trials cannot reach the API server as the namespace's ServiceAccount.
+        assert not [v for v in created.spec.volumes or [] if v.name.startswith("kube-api-access")]

@@ -97,3 +97,36 @@ def test_a_workload_whose_pods_are_refused_fails_per_the_not_starting_policy(
     assert not cluster.pods("refused")
     wait_for("the refused trial's Job to be deleted", lambda: not jobs_of(api, cluster, "refused") or None,
              timeout=300)
+
+
+def test_a_listed_kind_the_api_server_does_not_serve_fails_only_its_jobs(
+    dev_cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """KUBETUNE_WORKLOAD_KINDS names a kind no CRD serves: Kopf would hold every handler until it could list
+    it. The operator leaves that kind unwatched, says so in its log, runs the other jobs, and fails the job whose
+    trials are of that kind with the API server's answer."""
+    api = config.new_client_from_config(config_file=str(dev_cluster.kubeconfig))
+    cluster = Cluster(api, fresh_namespace(client.CoreV1Api(api), "unserved"))
+    operator = OperatorProcess(
+        dev_cluster.kubeconfig, dev_cluster.prometheus_url, tmp_path_factory.mktemp("operator") / "operator.log",
+        KUBETUNE_NAMESPACES=cluster.namespace, KUBETUNE_WORKLOAD_KINDS="batch/v1/jobs,example.com/v1/widgets",
+    )
+    operator.start()
+    try:
+        cluster.create_job(indexed_job("served", "ok", maxTrials=1, parallelism=1))
+        widgets = indexed_job("widgets", "ok", maxTrials=1, parallelism=1)
+        widgets["spec"]["trialTemplate"]["workload"].update(
+            apiVersion="example.com/v1", kind="Widget", successCondition="Complete", failureCondition="Failed",
+            podTemplates=["spec.template"])
+        cluster.create_job(widgets)
+        served = cluster.wait_finished("served", timeout=300)
+        assert served["status"]["phase"] == "Succeeded", (served["status"], operator.log_tail())
+        refused = cluster.wait_finished("widgets", timeout=60)
+        assert refused["status"]["phase"] == "Failed", refused["status"]
+        assert "does not serve widgets.example.com v1" in refused["status"]["message"], refused["status"]
+        assert not cluster.trials("widgets")
+        assert "not watching the workload kind example.com/v1/widgets" in operator.log_path.read_text()
+    finally:
+        operator.stop()
+        client.CoreV1Api(api).delete_namespace(cluster.namespace)
+        api.close()

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from kubetune.api import TuningJob
-from kubetune.controller.templates import build_trial_pod, substitute
+from kubetune.controller.templates import build_trial_pod, substitute, trial_pods
 from kubetune.metrics.prometheus import build_curve_query, build_final_query, render_template
 from kubetune_dev.podspec import expand
 
@@ -58,10 +58,18 @@ def example_job(path: Path, **spec_changes: Any) -> TuningJob:
     return job_from(yaml.safe_load(path.read_text()), **spec_changes)
 
 
+def first_values(job: TuningJob) -> dict[str, Any]:
+    return {p.name: (p.values[0] if p.values else p.min) for p in job.spec.parameters}
+
+
 def trial_pod(job: TuningJob, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
-    if parameters is None:
-        parameters = {p.name: (p.values[0] if p.values else p.min) for p in job.spec.parameters}
-    return build_trial_pod(job, "sec-0", 1, parameters, "uid-trial")
+    return build_trial_pod(job, "sec-0", 1, first_values(job) if parameters is None else parameters, "uid-trial")
+
+
+def example_pods(path: Path) -> list[dict[str, Any]]:
+    """The pods a trial of the example makes: its pod, or one per pod template of its workload."""
+    job = example_job(path)
+    return trial_pods(job, "sec-0", 1, first_values(job))
 
 
 # --------------------------------------------------------------------------- Pod Security `restricted`
@@ -114,7 +122,8 @@ def test_the_checker_catches_a_plain_pod() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_trial_pods_of_every_example_pass_restricted(path: Path) -> None:
-    assert restricted_violations(trial_pod(example_job(path))) == []
+    pods = example_pods(path)
+    assert pods and [restricted_violations(pod) for pod in pods] == [[] for _ in pods]
 
 
 def test_a_template_that_sets_part_of_a_security_context_keeps_the_other_defaults() -> None:
@@ -145,7 +154,7 @@ def test_an_explicit_choice_in_the_template_wins_over_the_defaults() -> None:
 
 def test_trial_pods_get_no_service_account_token_by_default() -> None:
     for path in EXAMPLES:
-        assert trial_pod(example_job(path))["spec"]["automountServiceAccountToken"] is False, path.name
+        assert [p["spec"]["automountServiceAccountToken"] for p in example_pods(path)] == [False], path.name
 
 
 def test_a_template_may_ask_for_the_token_explicitly() -> None:

@@ -270,6 +270,23 @@ def build_trial_workload(
                   trial, trial_uid)
 
 
+def trial_pods(job: TuningJob, trial: str, attempt: int, parameters: ParameterAssignment) -> list[dict[str, Any]]:
+    """The pods one attempt of a trial makes, as pod manifests: its own pod, or one per pod template of its
+    workload (what the workload's controllers will create from them), for checks such as admission dry runs."""
+    workload = job.spec.trial_template.workload
+    if workload is None:
+        return [build_trial_pod(job, trial, attempt, parameters, None)]
+    spec = build_trial_workload(job, trial, attempt, parameters, None)["spec"]
+    return [
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {**pod_template.get("metadata", {}), "name": f"{naming.pod_name(trial, attempt)}-{index}",
+                      "namespace": job.metadata.namespace},
+         "spec": pod_template["spec"]}
+        for index, pod_template in enumerate(
+            t for path in workload.pod_template_paths() for t in resolve_path(spec, path.removeprefix("spec.")))
+    ]
+
+
 # Labels Kubernetes puts on the pods of an indexed Job and of a JobSet.
 JOB_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 JOBSET_REPLICATED_JOB = "jobset.sigs.k8s.io/replicatedjob-name"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -51,6 +52,10 @@ class OperatorConfig:
     # (trialTemplate.workload), e.g. batch/v1/jobs,jobset.x-k8s.io/v1alpha2/jobsets; each is watched. Empty:
     # pod trials only. The chart sets it from workloadKinds, with RBAC for exactly those.
     workload_kinds: tuple[str, ...] = ()
+    # The listed workload kinds this operator found it cannot watch at start (not served, or forbidden), each
+    # with the API server's answer: not watched (Kopf would hold every handler until it could list them), and a
+    # job whose trials are of such a kind fails saying why. Set by run_operator, not from the environment.
+    refused_workload_kinds: Mapping[str, str] = field(default_factory=dict)
     # KUBETUNE_NUMERIC_THREADS: threads of numpy's and scipy's BLAS/OpenMP pools (default 1, never above the CPU
     # limit); read by kubetune.threads.limit_numeric_threads at start.
     # KUBECONFIG is honoured by the client; in a pod the service-account token is used.

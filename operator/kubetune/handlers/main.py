@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import threading
 from typing import Any
@@ -12,7 +13,8 @@ import kopf
 from prometheus_client import start_http_server
 
 from kubetune.handlers.config import OperatorConfig
-from kubetune.handlers.registry import build_registry
+from kubetune.handlers.registry import build_registry, check_workload_kinds
+from kubetune.k8s.client import Credentials, KubeClient
 from kubetune.metrics.operator import OperatorMetrics
 from kubetune.threads import limit_numeric_threads
 
@@ -25,6 +27,15 @@ async def run_operator(
 ) -> None:
     """The operator until `stop_flag` is set (or forever); tests run it in a thread."""
     metrics = metrics or OperatorMetrics()
+    if config.workload_kinds:
+        client = KubeClient(Credentials.load(config.kubeconfig))
+        try:
+            refused = await check_workload_kinds(client, config)
+        finally:
+            await client.close()
+        config = dataclasses.replace(
+            config, workload_kinds=tuple(k for k in config.workload_kinds if k not in refused),
+            refused_workload_kinds=refused)
     liveness = f"http://{config.listen_address}:{config.health_port}/healthz" if config.health_port else None
     await kopf.operator(
         registry=build_registry(config, metrics),

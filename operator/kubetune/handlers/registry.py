@@ -23,7 +23,7 @@ from kubetune.controller.observe import GPU_RESOURCE
 from kubetune.controller.templates import Resource, parse_resource
 from kubetune.handlers.config import OperatorConfig
 from kubetune.handlers.runtime import Controller
-from kubetune.k8s.client import Credentials, KubeClient, NotFound
+from kubetune.k8s.client import ApiError, Credentials, KubeClient, NotFound, resource_path
 from kubetune.metrics.operator import OperatorMetrics
 
 FINALIZER = "kubetune.io/finalizer"
@@ -116,6 +116,31 @@ async def _wait_for_crds(client: KubeClient) -> None:
             return
         logger.info("waiting for the API to serve tuningjobs and trials (%s): are the kubetune CRDs installed?", path)
         await asyncio.sleep(CRD_POLL_SECONDS)
+
+
+async def check_workload_kinds(client: KubeClient, config: OperatorConfig) -> dict[str, str]:
+    """The configured workload kinds this operator cannot list where it watches, each with the API server's
+    answer (a kind not served, or RBAC refusing the list). Kopf runs no handler at all until every watched kind
+    has been listed, so one such kind would stall every TuningJob; the caller leaves them out instead."""
+    refused: dict[str, str] = {}
+    for text in config.workload_kinds:
+        resource = parse_resource(text)
+        for namespace in config.namespaces or (None,):
+            path = resource_path(resource.group, resource.version, resource.plural, namespace)
+            try:
+                await client.request("GET", path, params={"limit": "1"})
+            except NotFound:
+                refused[text] = (f"the API server does not serve {resource.plural}.{resource.group} "
+                                 f"{resource.version} (is its CRD installed?)")
+            except ApiError as error:
+                if error.status not in (401, 403):
+                    raise
+                refused[text] = error.message
+            if text in refused:
+                logger.error("not watching the workload kind %s, so TuningJobs of that kind fail: %s; "
+                             "fix it, then restart the operator", text, refused[text])
+                break
+    return refused
 
 
 def build_registry(

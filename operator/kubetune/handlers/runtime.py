@@ -140,12 +140,22 @@ class Controller:
         # One index per workload kind of config.workload_kinds (trialTemplate.workload), keyed like pods.
         self.workloads: dict[Resource, Mapping[Key, Any]] = {}
         self.workload_kinds = frozenset(map(parse_resource, config.workload_kinds))
+        self.refused_workload_kinds = {parse_resource(k): why for k, why in config.refused_workload_kinds.items()}
         self.queue = WorkQueue(self.metrics.queue_depth.set)
         self._states: dict[Key, JobState] = {}
         self._seen_terminal_pods: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.reconciles = 0
         self._requests_counted = 0
+
+    def unwatched_kind_message(self, resource: Resource) -> str:
+        kind = f"{resource.plural}.{resource.group} {resource.version}"
+        refused = self.refused_workload_kinds.get(resource)
+        if refused is not None:
+            return (f"trialTemplate.workload: this operator could not watch {kind} when it started: {refused} "
+                    "(fix that, then restart the operator)")
+        return (f"trialTemplate.workload: this operator does not watch {kind} "
+                "(KUBETUNE_WORKLOAD_KINDS, the chart's workloadKinds)")
 
     def state(self, key: Key) -> JobState:
         return self._states.setdefault(key, JobState())
@@ -322,10 +332,8 @@ class Controller:
         workload = job.spec.trial_template.workload
         if workload is not None:
             if resource not in self.workload_kinds:
-                invalid = plan_invalid(
-                    name, job.status, job.metadata.generation,
-                    f"trialTemplate.workload: this operator does not watch {resource.plural}.{resource.group} "
-                    f"{resource.version} (KUBETUNE_WORKLOAD_KINDS, the chart's workloadKinds)", now, ref.uid)
+                invalid = plan_invalid(name, job.status, job.metadata.generation,
+                                       self.unwatched_kind_message(resource), now, ref.uid)
                 await self.applier.apply(ref, invalid, lambda _: {}, lambda _: None, old_status)
                 return
             success, failure = workload.conditions()
