@@ -198,6 +198,32 @@ def test_deleting_a_job_removes_trials_and_pods(tuning: tuple[Cluster, OperatorP
              lambda: not cluster.trials("short-lived") and not cluster.pods("short-lived"), timeout=180)
 
 
+def test_a_job_in_foreground_deletion_creates_no_new_trials(tuning: tuple[Cluster, OperatorProcess]) -> None:
+    """Foreground deletion lasts as long as the slowest child (on a real node, a JobSet's pods): the Trials the
+    garbage collector has taken must not be planned again meanwhile. A finalizer on one Trial holds the deletion
+    open here."""
+    cluster, operator = tuning
+    cluster.create_job(slow_job("held", 2, 2))
+    assert cluster.wait_finished("held", timeout=180)["status"]["phase"] == "Succeeded", operator.log_tail()
+    original = {t["metadata"]["name"] for t in cluster.trials("held")}
+    held = sorted(original)[0]
+    hold = {"metadata": {"finalizers": ["kubetune.io/test-hold"]}}
+    cluster.custom.patch_namespaced_custom_object("kubetune.io", "v1alpha1", cluster.namespace, "trials", held, hold)
+    cluster.custom.delete_namespaced_custom_object(
+        "kubetune.io", "v1alpha1", cluster.namespace, "tuningjobs", "held",
+        body=client.V1DeleteOptions(propagation_policy="Foreground"),
+    )
+    wait_for("the unheld trial to go", lambda: {t["metadata"]["name"] for t in cluster.trials("held")} == {held}
+             or None, timeout=120)
+    deadline = time.monotonic() + 20  # several reconciles of the job while it is being deleted
+    while time.monotonic() < deadline:
+        assert {t["metadata"]["name"] for t in cluster.trials("held")} <= original, operator.log_tail()
+        time.sleep(1)
+    cluster.custom.patch_namespaced_custom_object("kubetune.io", "v1alpha1", cluster.namespace, "trials", held,
+                                                  {"metadata": {"finalizers": None}})
+    wait_for("the job and its trials to go", lambda: not cluster.trials("held") or None, timeout=120)
+
+
 def test_operator_survives_sigkill_without_losing_or_duplicating_trials(
     api: client.ApiClient, dev_cluster: ClusterInfo, tmp_path: Path
 ) -> None:

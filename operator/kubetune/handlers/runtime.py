@@ -293,8 +293,12 @@ class Controller:
         if body is None:
             self._forget(key)
             return
-        now = datetime.now(UTC)
         metadata = body.get("metadata") or {}
+        if metadata.get("deletionTimestamp"):
+            # Going away: the garbage collector takes its Trials and their pods or workloads. Planning now would
+            # see those Trials vanish and create new ones, as long as a foreground deletion lasts.
+            return
+        now = datetime.now(UTC)
         old_status: dict[str, Any] = dict(body.get("status") or {})
         ref = JobRef(namespace=namespace, name=name, uid=metadata.get("uid", ""),
                      resource_version=metadata.get("resourceVersion", ""))
