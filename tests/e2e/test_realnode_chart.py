@@ -68,7 +68,11 @@ def test_the_chart_runs_the_operator_image_and_an_example_job_of_trainer_contain
     assert len(trials) == 3 and not failures
     best = job["status"]["bestTrial"]
     assert best["objective"] == max(t["status"]["objective"] for t in trials)
+    trainer = images.load_state().get("trainer")
+    assert trainer is not None, "no trainer image: run `make images`"
     for pod in cluster.pods("digits-random"):
         assert pod.spec.containers[0].image == "ghcr.io/kubetune/trainer:0.1.0"
-        assert pod.status.container_statuses[0].image_id  # pulled and run by containerd
+        # containerd pulled, through its ghcr.io mirror, exactly the trainer `make images` built.
+        assert pod.status.container_statuses[0].image_id.endswith(trainer["digest"]), \
+            (pod.status.container_statuses[0].image_id, trainer["digest"])
         assert pod.status.pod_ip and pod.status.host_ip != pod.status.pod_ip  # a pod IP on the node's bridge

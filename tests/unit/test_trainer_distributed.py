@@ -258,3 +258,17 @@ def test_sigterm_stops_every_rank_at_the_same_boundary_and_rank_0_reports_stoppe
     # The same reason (same epoch, before or during it) on both ranks.
     reasons = [lines[0].split("SIGTERM: ")[1].removesuffix(" (rank 0 reports it)") for lines in stopped]
     assert reasons[0] == reasons[1] == message["reason"].removeprefix("SIGTERM: "), output
+
+
+@pytest.mark.parametrize(("world_size", "finalized"), [("", True), ("1", True), ("2", False)])
+def test_a_torchrun_worker_exits_with_its_code_without_finalizing_the_interpreter(
+    world_size: str, finalized: bool
+) -> None:
+    """Gloo's threads outlive destroy_process_group() under DDP, and one that frees tensors while the interpreter
+    finalizes aborts a worker whose run succeeded: a torchrun worker skips finalization (an atexit hook shows it)."""
+    script = ("import atexit, kubetune_trainer.cli as cli; atexit.register(print, 'finalized'); "
+              "cli.main = lambda: 3; cli.run()")
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "WORLD_SIZE": world_size},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 3, done.stderr
+    assert ("finalized" in done.stdout) == finalized, done.stdout

@@ -1,7 +1,5 @@
 """`python -m kubetune_trainer`."""
 
-import sys
+from kubetune_trainer.cli import run
 
-from kubetune_trainer.cli import main
-
-sys.exit(main())
+run()

@@ -215,6 +215,24 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     return code
 
 
+def run() -> NoReturn:
+    """The process entry point (`python -m kubetune_trainer`, `kubetune-trainer`): `main()`, then exit with its code.
+
+    A torchrun worker leaves without finalizing the interpreter. DistributedDataParallel keeps the gloo process
+    group, and with it gloo's worker threads, alive past `destroy_process_group()`; a worker thread that drops a
+    finished collective's tensors while the interpreter finalizes aborts the process ("terminate called without
+    an active exception", SIGABRT) after a run that succeeded, and the trial's workload fails. By then the
+    result is written, so flushing the logs and streams is all the finalization left to do.
+    """
+    code = main()
+    if os.environ.get("WORLD_SIZE", "").strip() not in ("", "1"):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _train(
     config: TrainerConfig, reporter: TrialReporter | None, stop: StopSignal, world: WorldSettings | None = None
 ) -> tuple[TrialStatus, str, int]:
