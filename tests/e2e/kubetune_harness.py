@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from example_manifests import EXAMPLES_DIR, NAMESPACE_FILE, tuningjob
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,13 +25,12 @@ from kubetune_dev.cluster import ClusterInfo
 from kubetune_dev.testing import Kube, poll
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "examples"
 GROUP, VERSION = "kubetune.io", "v1alpha1"
 
 # Every test namespace enforces Pod Security Admission `restricted`, with the labels of the examples' namespace.
 POD_SECURITY_LABELS: dict[str, str] = {
     key: value
-    for key, value in yaml.safe_load((EXAMPLES / "namespace.yaml").read_text())["metadata"]["labels"].items()
+    for key, value in yaml.safe_load(NAMESPACE_FILE.read_text())["metadata"]["labels"].items()
     if key.startswith("pod-security.kubernetes.io/")
 }
 
@@ -150,7 +150,7 @@ class Cluster:
         self.namespace = namespace
 
     def apply_example(self, file: str, name: str | None = None, **spec_overrides: Any) -> dict[str, Any]:
-        manifest = yaml.safe_load((EXAMPLES / file).read_text())
+        manifest = tuningjob(EXAMPLES_DIR / file)
         if name is not None:
             manifest["metadata"]["name"] = name
         for key, value in spec_overrides.items():

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
+from example_manifests import NAMESPACE_FILE, example_files, tuningjob
 from kubernetes.client.rest import ApiException
-from kubetune_harness import EXAMPLES, POD_SECURITY_LABELS
+from kubetune_harness import POD_SECURITY_LABELS
 
 from kubetune.api import TuningJob
 from kubetune.controller.templates import trial_pods
@@ -17,7 +18,7 @@ from kubetune_dev.testing import Kube
 
 pytestmark = pytest.mark.e2e
 
-JOB_EXAMPLES = sorted(p for p in EXAMPLES.glob("*.yaml") if p.name != "namespace.yaml")
+JOB_EXAMPLES = example_files()
 
 
 def plain_pod(name: str, **container: Any) -> dict[str, Any]:
@@ -31,7 +32,7 @@ def plain_pod(name: str, **container: Any) -> dict[str, Any]:
 
 
 def test_test_namespaces_carry_the_example_namespace_labels(kube: Kube, namespace: str) -> None:
-    example = yaml.safe_load((EXAMPLES / "namespace.yaml").read_text())
+    example = yaml.safe_load(NAMESPACE_FILE.read_text())
     assert example["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     labels = kube.core.read_namespace(namespace).metadata.labels
     assert POD_SECURITY_LABELS and labels.items() >= POD_SECURITY_LABELS.items()
@@ -53,7 +54,7 @@ def test_non_compliant_pods_are_rejected(kube: Kube, namespace: str, container: 
 def test_trial_pods_of_every_example_are_admitted(kube: Kube, namespace: str, path: Path) -> None:
     """The operator's pod (or each pod template of its workload), exactly as built, through every admission
     plugin (server-side dry run)."""
-    manifest = yaml.safe_load(path.read_text())
+    manifest = tuningjob(path)
     manifest["metadata"] = {"name": "psa", "namespace": namespace, "uid": "00000000-0000-0000-0000-000000000000"}
     job = TuningJob.model_validate(manifest)
     parameters = {p.name: (p.values[0] if p.values else p.min) for p in job.spec.parameters}

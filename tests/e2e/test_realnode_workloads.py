@@ -11,16 +11,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import yaml
+from example_manifests import EXAMPLES_DIR, companions, tuningjob
 from kubernetes import client, config
-from kubetune_harness import EXAMPLES, Cluster, OperatorProcess, fresh_namespace, install_crds, kubectl, wait_for
+from kubetune_harness import Cluster, OperatorProcess, fresh_namespace, install_crds, kubectl, wait_for
 
 from kubetune_dev.cluster import ClusterInfo
 
 # Torch in four containers on a small machine: minutes per job, more than the default per-test timeout.
 pytestmark = [pytest.mark.realnode, pytest.mark.images, pytest.mark.timeout(1800)]
 
-EXAMPLE = yaml.safe_load((EXAMPLES / "digits-jobset-ddp.yaml").read_text())
+EXAMPLE = tuningjob(EXAMPLES_DIR / "digits-jobset-ddp.yaml")
+INDEXED_JOB_EXAMPLE = EXAMPLES_DIR / "digits-indexed-job-ddp.yaml"
 RANK = "batch.kubernetes.io/job-completion-index"
 
 
@@ -115,37 +116,25 @@ def test_jobset_trials_of_two_torchrun_pods_complete_with_rank_zero_results_and_
 def test_indexed_job_trials_of_two_torchrun_pods_rendezvous_through_a_headless_service(
     real_cluster: ClusterInfo, jobsets: tuple[Cluster, OperatorProcess, client.CustomObjectsApi]
 ) -> None:
-    """The same training as an indexed batch Job per trial (completions 2, parallelism 2): the pods' hostnames
-    are <job>-<index>, and a headless Service the user creates once gives them DNS names (subdomain)."""
-    cluster, operator, custom = jobsets
-    cluster.core.create_namespaced_service(cluster.namespace, {
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "ddp-ranks"},
-        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
-                 "selector": {"kubetune.io/job": "ddp-indexed"}},
-    })
-    manifest = example("ddp-indexed")
-    [replicated] = manifest["spec"]["trialTemplate"]["workload"]["spec"]["replicatedJobs"]
-    job_spec = replicated["template"]["spec"]
-    pod_spec = job_spec["template"]["spec"]
-    pod_spec["subdomain"] = "ddp-ranks"
-    [container] = pod_spec["containers"]
-    container["env"] = [{"name": "JOB_NAME", "valueFrom": {
-        "fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}}]
-    container["command"] = [a.replace("--master_addr=$(JOBSET_NAME)-workers-0-0.$(JOBSET_NAME)",
-                                      "--master_addr=$(JOB_NAME)-0.ddp-ranks") for a in container["command"]]
-    assert "--master_addr=$(JOB_NAME)-0.ddp-ranks" in container["command"]
-    manifest["spec"]["trialTemplate"]["workload"] = {"apiVersion": "batch/v1", "kind": "Job", "spec": job_spec}
+    """examples/digits-indexed-job-ddp.yaml as `kubectl apply -f` creates it: the same training as an indexed
+    batch Job per trial (completions 2, parallelism 2), whose pods (hostnames <job>-<index>) get DNS names from
+    the headless Service in the same file."""
+    cluster, operator, _ = jobsets
+    [service] = companions(INDEXED_JOB_EXAMPLE)
+    cluster.core.create_namespaced_service(cluster.namespace, service)
+    manifest = tuningjob(INDEXED_JOB_EXAMPLE)
+    name = manifest["metadata"]["name"]
     cluster.create_job(manifest)
-    job = cluster.wait_finished("ddp-indexed", timeout=1200)
+    job = cluster.wait_finished(name, timeout=1200)
     assert job["status"]["phase"] == "Succeeded", (job["status"], operator.log_tail())
     assert_rank_zero_results(real_cluster, cluster, job)
     batch = client.BatchV1Api(cluster.core.api_client)
 
     def jobs() -> list[Any]:
-        return list(batch.list_namespaced_job(cluster.namespace, label_selector="kubetune.io/job=ddp-indexed").items)
+        return list(batch.list_namespaced_job(cluster.namespace, label_selector=f"kubetune.io/job={name}").items)
 
-    assert {j.metadata.name for j in jobs()} == attempts(cluster, "ddp-indexed")
-    delete_and_wait_gone(cluster, "ddp-indexed", jobs)
+    assert {j.metadata.name for j in jobs()} == attempts(cluster, name)
+    delete_and_wait_gone(cluster, name, jobs)
 
 
 def test_asha_stops_a_jobset_trial_by_deleting_its_jobset_and_pods(

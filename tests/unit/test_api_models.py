@@ -165,17 +165,14 @@ def test_objective_direction() -> None:
 
 
 def test_every_example_is_a_valid_tuningjob() -> None:
-    from pathlib import Path
-
-    import yaml
+    from example_manifests import example_files, tuningjob
 
     from kubetune.api import TuningJob
 
-    examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
-    examples = [p for p in examples if p.name != "namespace.yaml"]  # the restricted namespace they run in
+    examples = example_files()
     assert examples, "examples/ is empty"
     for path in examples:
-        job = TuningJob.model_validate(yaml.safe_load(path.read_text()))
+        job = TuningJob.model_validate(tuningjob(path))
         assert job.metadata.name == path.stem
 
 

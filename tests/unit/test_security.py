@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from example_manifests import EXAMPLES_DIR, example_files, tuningjob
 
 from kubetune.api import TuningJob
 from kubetune.controller.templates import build_trial_pod, substitute, trial_pods
@@ -21,7 +21,7 @@ from kubetune.metrics.prometheus import build_curve_query, build_final_query, re
 from kubetune_dev.podspec import expand
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted(p for p in (REPO / "examples").glob("*.yaml") if p.name != "namespace.yaml")
+EXAMPLES = example_files()
 
 HOSTILE = [
     "; rm -rf / #",
@@ -55,7 +55,7 @@ def job_from(manifest: dict[str, Any], **spec_changes: Any) -> TuningJob:
 
 
 def example_job(path: Path, **spec_changes: Any) -> TuningJob:
-    return job_from(yaml.safe_load(path.read_text()), **spec_changes)
+    return job_from(tuningjob(path), **spec_changes)
 
 
 def first_values(job: TuningJob) -> dict[str, Any]:
@@ -127,7 +127,7 @@ def test_trial_pods_of_every_example_pass_restricted(path: Path) -> None:
 
 
 def test_a_template_that_sets_part_of_a_security_context_keeps_the_other_defaults() -> None:
-    manifest = yaml.safe_load((EXAMPLES[0]).read_text())
+    manifest = tuningjob(EXAMPLES[0])
     spec = manifest["spec"]["trialTemplate"]["template"]["spec"]
     spec["securityContext"] = {"runAsUser": 1000, "fsGroup": 2000}
     spec["containers"][0]["securityContext"] = {"readOnlyRootFilesystem": True}
@@ -140,7 +140,7 @@ def test_a_template_that_sets_part_of_a_security_context_keeps_the_other_default
 
 def test_an_explicit_choice_in_the_template_wins_over_the_defaults() -> None:
     """The operator does not silently 'fix' a template; the namespace's admission decides (see SECURITY.md)."""
-    manifest = yaml.safe_load((EXAMPLES[0]).read_text())
+    manifest = tuningjob(EXAMPLES[0])
     spec = manifest["spec"]["trialTemplate"]["template"]["spec"]
     spec["containers"][0]["securityContext"] = {"allowPrivilegeEscalation": True}
     pod = trial_pod(job_from(manifest))
@@ -158,7 +158,7 @@ def test_trial_pods_get_no_service_account_token_by_default() -> None:
 
 
 def test_a_template_may_ask_for_the_token_explicitly() -> None:
-    manifest = yaml.safe_load((EXAMPLES[0]).read_text())
+    manifest = tuningjob(EXAMPLES[0])
     manifest["spec"]["trialTemplate"]["template"]["spec"]["automountServiceAccountToken"] = True
     assert trial_pod(job_from(manifest))["spec"]["automountServiceAccountToken"] is True
 
@@ -185,7 +185,7 @@ def test_the_templates_own_references_keep_their_kubernetes_meaning() -> None:
 
 
 def test_hostile_values_stay_one_argv_entry_each_and_the_command_is_untouched() -> None:
-    manifest = yaml.safe_load((REPO / "examples" / "digits-random.yaml").read_text())
+    manifest = tuningjob(EXAMPLES_DIR / "digits-random.yaml")
     container = manifest["spec"]["trialTemplate"]["template"]["spec"]["containers"][0]
     container["args"] = ["--a=${params.x}", "${params.x}"]
     container["env"] = [{"name": "X", "value": "v=${params.x}"}]
