@@ -1,7 +1,8 @@
-"""Multi-node trials on the real node: each trial a JobSet of two pods of the trainer image running torchrun
-(DistributedDataParallel over gloo), rendezvous at rank 0 through the JobSet's headless Service and CoreDNS,
-run by the real JobSet, Job and garbage-collector controllers. The operator runs as a host process (as in
-test_realnode_operator.py) and watches JobSets. Markers realnode, images (the trainer image must be built)."""
+"""Multi-node trials on the real node: each trial a JobSet or an indexed batch Job of two pods of the trainer
+image running torchrun (DistributedDataParallel over gloo), rendezvous at rank 0 through a headless Service (the
+JobSet's own, or the one in the indexed-Job example) and CoreDNS, run by the real JobSet, Job and
+garbage-collector controllers. The operator runs as a host process (as in test_realnode_operator.py) and
+watches JobSets and Jobs. Markers realnode, images (the trainer image must be built)."""
 
 from __future__ import annotations
 
